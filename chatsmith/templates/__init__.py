@@ -1,0 +1,6 @@
+"""Prompt formats. The only module that knows how a conversation becomes a prompt."""
+
+from chatsmith.templates.base import IGNORE_INDEX, Rendered, Segment, Template
+from chatsmith.templates.registry import TEMPLATES, get_template, template_names
+
+__all__ = ["IGNORE_INDEX", "Rendered", "Segment", "Template", "TEMPLATES", "get_template", "template_names"]

@@ -1,0 +1,125 @@
+"""Segments -> token ids + trainable flags.
+
+Consecutive segments of equal trainability form a chunk; each chunk is tokenized on its own, so a prompt/answer
+boundary is always a token boundary (prompt ids are a prefix of prompt+answer ids). Inside a chunk, the special
+tokens that occur in *control* segments become their ids directly; the text between them (template text and
+content alike) is tokenized with special-token parsing off. That is what a Hugging Face tokenizer does to a
+whole string internally (split at added tokens, tokenize the pieces), except that special tokens typed by a
+user are never recognised.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from chatsmith.templates.base import Segment
+
+
+def encode_segments(tokenizer: Any, segments: list[Segment]) -> tuple[list[int], list[bool]]:
+    ids: list[int] = []
+    flags: list[bool] = []
+    first = True
+    for trainable, chunk in _chunks(segments):
+        for piece, special_id in _pieces(tokenizer, chunk):
+            if special_id is not None:
+                piece_ids = [special_id]
+            else:
+                piece_ids = encode_text(tokenizer, piece, continuation=not first)
+            ids += piece_ids
+            flags += [trainable] * len(piece_ids)
+            first = False
+    return ids, flags
+
+
+def _chunks(segments: list[Segment]):
+    cur: list[Segment] = []
+    for s in segments:
+        if cur and s.trainable != cur[-1].trainable:
+            yield cur[-1].trainable, cur
+            cur = []
+        cur.append(s)
+    if cur:
+        yield cur[-1].trainable, cur
+
+
+def _pieces(tokenizer: Any, chunk: list[Segment]):
+    """Yield (text, None) runs and (token, id) for special tokens found in control segments."""
+    specials = _special_tokens(tokenizer)
+    buf = ""
+    for seg in chunk:
+        if not seg.control or not specials:
+            buf += seg.text
+            continue
+        text = seg.text
+        i = 0
+        while i < len(text):
+            hit = next((t for t in specials if text.startswith(t, i)), None)
+            if hit is None:
+                buf += text[i]
+                i += 1
+                continue
+            if buf:
+                yield buf, None
+                buf = ""
+            yield hit, _special_map(tokenizer)[hit]
+            i += len(hit)
+    if buf:
+        yield buf, None
+
+
+def _special_map(tokenizer: Any) -> dict[str, int]:
+    return _cached_specials(id(tokenizer), tokenizer)[1]
+
+
+def _special_tokens(tokenizer: Any) -> list[str]:
+    return _cached_specials(id(tokenizer), tokenizer)[0]
+
+
+_SPECIAL_CACHE: dict[int, tuple[Any, list[str], dict[str, int]]] = {}
+
+
+def _cached_specials(key: int, tokenizer: Any) -> tuple[list[str], dict[str, int]]:
+    hit = _SPECIAL_CACHE.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1], hit[2]
+    mapping: dict[str, int] = {}
+    for tok, idx in getattr(tokenizer, "get_added_vocab", lambda: {})().items():
+        mapping[tok] = idx
+    for tok in tokenizer.all_special_tokens or []:
+        if tok not in mapping:
+            tid = tokenizer.convert_tokens_to_ids(tok)
+            if tid is not None:
+                mapping[tok] = tid
+    ordered = sorted(mapping, key=len, reverse=True)  # longest match first
+    _SPECIAL_CACHE[key] = (tokenizer, ordered, mapping)
+    return ordered, mapping
+
+
+def encode_text(tokenizer: Any, text: str, continuation: bool = False) -> list[int]:
+    """Plain-text ids, special tokens never parsed. For SentencePiece-style tokenizers that prepend a word
+    marker to every call ("▁"), a continuation piece is encoded after a newline and the newline's ids are
+    dropped, so the text decodes to exactly itself."""
+    if not text:
+        return []
+    if continuation and _adds_prefix_space(id(tokenizer), tokenizer):
+        nl = _newline_ids(id(tokenizer), tokenizer)
+        ids = _encode(tokenizer, "\n" + text)
+        if ids[: len(nl)] == nl:
+            return ids[len(nl):]
+    return _encode(tokenizer, text)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+@lru_cache(maxsize=64)
+def _adds_prefix_space(key: int, tokenizer: Any) -> bool:
+    toks = tokenizer.convert_ids_to_tokens(_encode(tokenizer, "a"))
+    return bool(toks) and toks[0] in ("▁a", "▁", "Ġa")
+
+
+@lru_cache(maxsize=64)
+def _newline_ids(key: int, tokenizer: Any) -> list[int]:
+    return _encode(tokenizer, "\n")
