@@ -3,4 +3,4 @@
 from chatsmith.templates.base import IGNORE_INDEX, Rendered, Segment, Template
 from chatsmith.templates.registry import TEMPLATES, get_template, template_names
 
-__all__ = ["IGNORE_INDEX", "Rendered", "Segment", "Template", "TEMPLATES", "get_template", "template_names"]
+__all__ = ["IGNORE_INDEX", "TEMPLATES", "Rendered", "Segment", "Template", "get_template", "template_names"]

@@ -165,7 +165,7 @@ class Template:
             strings = [s for s in strings if single_special_id(tokenizer, s) is None]
         return strings, ids
 
-    def with_system(self, system: str | None) -> "Template":
+    def with_system(self, system: str | None) -> Template:
         return replace(self, default_system=system)
 
 
@@ -179,15 +179,15 @@ def bos_prefix_ids(tokenizer: Any) -> list[int]:
     """The ids the tokenizer itself puts before a text (usually [bos] for llama, [] for GPT-2 style)."""
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    n = len(with_special) - len(plain)
-    if n > 0 and with_special[n:] == plain:
-        return list(with_special[:n])
+    for start in range(1, len(with_special) - len(plain) + 1):  # [bos] a, or [bos] a [eos]
+        if with_special[start:start + len(plain)] == plain:
+            return list(with_special[:start])
     return []
 
 
 def single_special_id(tokenizer: Any, text: str) -> int | None:
     """The id of `text` if it is one added/special token of this tokenizer, else None."""
-    vocab_added = getattr(tokenizer, "get_added_vocab", lambda: {})()
+    vocab_added = getattr(tokenizer, "get_added_vocab", dict)()
     if text in vocab_added:
         return vocab_added[text]
     if text in (tokenizer.all_special_tokens or []):

@@ -1,13 +1,15 @@
 """`hf`: the tokenizer's own Jinja chat_template, turned into segments so it gets the same exact masks.
 
 The template is rendered incrementally: the text of messages[:i] with the generation prompt must be a prefix of
-the text of messages[:i+1]; the difference is the assistant's turn (its content, then the end marker). User and
-system content are located in the rendered text and marked as content, so they are tokenized without special
-token parsing like every other template.
+the text of messages[:i+1]; the difference is the assistant's turn (its content, then the end marker). Message
+contents are located by rendering once more with a unique marker in place of each content (so a content equal
+to template text, like "user", is never confused with it) and marked as content, so user and system text is
+tokenized without special-token parsing like every other template.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ class HFTemplate(Template):
     tokenizer: Any = None
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> "HFTemplate":
+    def from_tokenizer(cls, tokenizer: Any) -> HFTemplate:
         eos = tokenizer.eos_token or ""
         return cls(name="hf", description="the tokenizer's chat_template", tokenizer=tokenizer,
                    default_eos=eos, default_bos=tokenizer.bos_token or "", add_bos=False,
@@ -43,46 +45,96 @@ class HFTemplate(Template):
         for i, m in enumerate(conv.messages):
             msgs.append(m.to_dict())
             last = i == len(conv.messages) - 1
+            gen = m.role == "user" and (not last or add_generation_prompt)
+            text, pieces = self._pieces(msgs, gen)
+            if not text.startswith(done):
+                raise TemplateError("template hf: the chat_template is not incremental (the prompt is not a prefix "
+                                    "of the prompt plus answer); use a built-in template")
+            new = _cut(pieces, len(done))
             if m.role == "user":
-                gen = not last or add_generation_prompt
-                text = self._apply(msgs, gen) if gen else self._apply(msgs, False)
-                out += self._prompt_segments(done, text, [x["content"] for x in msgs if x["role"] != "assistant"])
-                done = text
+                out += [Segment(t, control=j is None) for t, j in new]
             else:
-                text = self._apply(msgs, False)
-                if not text.startswith(done):
-                    raise TemplateError("template hf: the chat_template is not incremental (the prompt is not a "
-                                        "prefix of the prompt plus answer); use a built-in template")
-                turn = text[len(done):]
-                k = turn.find(m.content)
-                if k != 0:
-                    raise TemplateError("template hf: could not locate the assistant content in the rendering")
-                out.append(Segment(m.content, trainable=True))
-                rest = turn[len(m.content):]
-                end = next((e for e in self.stop_strings if rest.startswith(e)), "")
-                if end:
-                    out.append(Segment(end, trainable=True, control=True))
-                if rest[len(end):]:
-                    out.append(Segment(rest[len(end):], control=True))
-                done = text
+                out += self._answer_segments(new, len(msgs) - 1)
+            done = text
         return [s for s in out if s.text]
 
-    @staticmethod
-    def _prompt_segments(done: str, text: str, contents: list[str]) -> list[Segment]:
-        if not text.startswith(done):
-            raise TemplateError("template hf: the chat_template is not incremental; use a built-in template")
-        new = text[len(done):]
-        out: list[Segment] = []
-        pos = 0
-        for c in contents:
-            k = new.find(c, pos) if c else -1
-            if k < 0:
-                continue
-            out.append(Segment(new[pos:k], control=True))
-            out.append(Segment(c))
-            pos = k + len(c)
-        out.append(Segment(new[pos:], control=True))
+    def _answer_segments(self, new: list[tuple[str, int | None]], index: int) -> list[Segment]:
+        """Everything the model must produce after the generation prompt is trainable: text before the content
+        that the generation prompt did not emit (Llama-2's " " after [/INST]), the content, and the end marker
+        that follows it. Text after the end marker (a newline between turns) is not."""
+        k = next((n for n, (_, j) in enumerate(new) if j == index), None)
+        if k is None:  # an empty answer: only its end marker is left to learn
+            out, rest = [], "".join(t for t, _ in new)
+        else:
+            out = [Segment(t, trainable=True, control=j is None) for t, j in new[:k]]
+            out.append(Segment(new[k][0], trainable=True))
+            rest = "".join(t for t, _ in new[k + 1:])
+        hits = [(rest.find(e), e) for e in self.stop_strings if e and rest.find(e) >= 0]
+        if hits:
+            pos, marker = min(hits)
+            if not rest[:pos].strip():  # only spacing between the answer and its end marker (llama2: " </s>")
+                out.append(Segment(rest[: pos + len(marker)], trainable=True, control=True))
+                rest = rest[pos + len(marker):]
+        out.append(Segment(rest, control=True))
         return out
+
+    def _pieces(self, msgs: list[dict], gen: bool) -> tuple[str, list[tuple[str, int | None]]]:
+        """The rendering of `msgs`, split into (text, message index) for message contents and (text, None) for
+        template text. Contents are located by rendering once more with a unique marker in place of each
+        content, then matching that layout against the real rendering (a content may appear stripped, as
+        Llama-2's template does). A content that cannot be located is an error, never template text: template
+        text may hold control tokens, and user text must not become one."""
+        text = self._apply(msgs, gen)
+        # empty contents stay empty: templates test them ("{% if system %}") and there is nothing to locate
+        marked = [dict(m, content=f"\ue000{j}\ue001" if m["content"] else "") for j, m in enumerate(msgs)]
+        try:
+            layout = [(int(p[1:-1]) if re.fullmatch("\ue000\\d+\ue001", p) else p)
+                      for p in re.split("(\ue000\\d+\ue001)", self._apply(marked, gen)) if p]
+        except TemplateError:
+            layout = []
+        pieces = _align(text, layout, msgs) if layout else None
+        if pieces is None:
+            raise TemplateError("template hf: could not locate the message contents in the chat_template's output "
+                                "(the template rewrites them); use a built-in template")
+        return text, pieces
+
+
+def _align(text: str, layout: list, msgs: list[dict]) -> list[tuple[str, int | None]] | None:
+    """Match a layout (template strings, and message indexes where contents go) against the real text."""
+    out: list[tuple[str, int | None]] = []
+    pos = 0
+    for n, item in enumerate(layout):
+        if isinstance(item, str):
+            if not text.startswith(item, pos):
+                return None
+            out.append((item, None))
+            pos += len(item)
+            continue
+        nxt = layout[n + 1] if n + 1 < len(layout) and isinstance(layout[n + 1], str) else None
+        c = msgs[item]["content"]
+        for cand in dict.fromkeys((c, c.strip(), c.rstrip(), c.lstrip())):
+            end = pos + len(cand)
+            if text.startswith(cand, pos) and (nxt is None and n + 1 < len(layout) or
+                                              (text.startswith(nxt, end) if nxt is not None else end == len(text))):
+                break
+        else:
+            return None
+        if cand:
+            out.append((cand, item))
+        pos = end
+    return out if pos == len(text) else None
+
+
+def _cut(pieces: list[tuple[str, int | None]], n: int) -> list[tuple[str, int | None]]:
+    """The pieces after the first n characters."""
+    out: list[tuple[str, int | None]] = []
+    pos = 0
+    for t, j in pieces:
+        end = pos + len(t)
+        if end > n:
+            out.append((t[max(0, n - pos):], j))
+        pos = end
+    return out
 
 
 def _end_markers(tokenizer: Any) -> list[str]:

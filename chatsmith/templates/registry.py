@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from chatsmith.conversation import Conversation
 from chatsmith.errors import TemplateError
@@ -45,18 +45,29 @@ class InstructionTemplate(Template):
     input_format: str = ""
     system_with_input: str | None = None
 
+    @staticmethod
+    def split_input(conv: Conversation) -> tuple[str, str] | None:
+        """(instruction, input) when the first user turn is an alpaca row's "instruction\n\ninput" (kept in
+        metadata by Conversation.from_alpaca), else None: any other user turn is a plain instruction."""
+        inst, inp = conv.metadata.get("instruction"), conv.metadata.get("input")
+        if not (isinstance(inst, str) and isinstance(inp, str) and inp and conv.messages):
+            return None
+        if conv.messages[0].role != "user" or conv.messages[0].content != f"{inst}\n\n{inp}":
+            return None
+        return inst, inp
+
     def segments(self, conv: Conversation, *, add_generation_prompt: bool = False, bos=None, eos=None):
-        has_input = bool(conv.metadata.get("input")) and conv.system is None
+        has_input = self.split_input(conv) is not None and conv.system is None
         if has_input and self.system_with_input:
-            tpl = InstructionTemplate(**{**self.__dict__, "default_system": self.system_with_input})
+            tpl = replace(self, default_system=self.system_with_input)
             return Template.segments(tpl, conv, add_generation_prompt=add_generation_prompt, bos=bos, eos=eos)
         return super().segments(conv, add_generation_prompt=add_generation_prompt, bos=bos, eos=eos)
 
     def _user_segments(self, conv, turn, content, system, bos, eos):
-        inst, inp = conv.metadata.get("instruction"), conv.metadata.get("input")
-        if turn == 0 and inp and isinstance(inst, str) and content == f"{inst}\n\n{inp}":
-            out = self._fill(self.user_format, "content", inst, bos, eos)
-            return out + self._fill(self.input_format, "content", inp, bos, eos)
+        split = self.split_input(conv) if turn == 0 else None
+        if split is not None:
+            out = self._fill(self.user_format, "content", split[0], bos, eos)
+            return out + self._fill(self.input_format, "content", split[1], bos, eos)
         return self._fill(self.user_format, "content", content, bos, eos)
 
 
@@ -126,4 +137,4 @@ def template_names() -> list[str]:
     return [*TEMPLATES, "hf"]
 
 
-__all__ = ["TEMPLATES", "get_template", "template_names", "Segment", "InstructionTemplate"]
+__all__ = ["TEMPLATES", "InstructionTemplate", "Segment", "get_template", "template_names"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from chatsmith.errors import TemplateError
 from chatsmith.templates.base import Template
-from chatsmith.templates.registry import TEMPLATES, InstructionTemplate
+from chatsmith.templates.registry import InstructionTemplate, get_template
 
 
 def template_to_meta(t: Template) -> dict[str, Any]:
@@ -23,8 +24,10 @@ def template_from_meta(meta: dict[str, Any]) -> Template | None:
     spec = meta.get("template") if meta else None
     if not spec:
         return None
-    if isinstance(spec, str):
-        return TEMPLATES.get(spec)
+    if isinstance(spec, str):  # a name: an unknown one is an error, not a silent fallback to another format
+        return None if spec == "hf" else get_template(spec)
+    if not isinstance(spec, dict):
+        raise TemplateError(f"chatsmith.json: 'template' must be a name or an object, not {type(spec).__name__}")
     if spec.get("name") == "hf":
         return None  # the tokenizer's chat_template is used
     spec = dict(spec)
@@ -32,4 +35,7 @@ def template_from_meta(meta: dict[str, Any]) -> Template | None:
     spec["stop_strings"] = tuple(spec.get("stop_strings", ()))
     cls = InstructionTemplate if kind == "instruction" else Template
     known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in spec.items() if k in known})
+    try:
+        return cls(**{k: v for k, v in spec.items() if k in known})
+    except TypeError as e:  # a required field (name, description) is missing
+        raise TemplateError(f"chatsmith.json: the stored template is incomplete: {e}") from None

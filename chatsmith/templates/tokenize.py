@@ -84,7 +84,7 @@ def _cached_specials(key: int, tokenizer: Any) -> tuple[list[str], dict[str, int
     if hit is not None and hit[0] is tokenizer:
         return hit[1], hit[2]
     mapping: dict[str, int] = {}
-    for tok, idx in getattr(tokenizer, "get_added_vocab", lambda: {})().items():
+    for tok, idx in getattr(tokenizer, "get_added_vocab", dict)().items():
         mapping[tok] = idx
     for tok in tokenizer.all_special_tokens or []:
         if tok not in mapping:
