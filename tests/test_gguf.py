@@ -1,0 +1,200 @@
+"""`chatsmith export gguf`: llama.cpp (llama-cpp-python) loads the file and continues our rendered prompts
+token for token like chatsmith's own engine; tokenizer and chat template metadata are right; bad input fails
+with one clear error and leaves no file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from chatsmith.conversation import Conversation, Message
+from chatsmith.engine import SamplingParams
+from chatsmith.engine.hf import HFEngine
+from chatsmith.export.gguf import export_gguf
+from chatsmith.templates.base import bos_prefix_ids
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on the shared 2-core CI box two spinning OpenMP threads make a forward pass ~10x
+    slower in wall time (measured: 5x16 greedy tokens on smollm2, 103 s with 2 threads vs 10 s with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "How do I add two numbers in Python?",
+             "Name three colors.", "Say hello in German."]
+
+
+def conversations() -> list[Conversation]:
+    return [Conversation([Message("user", q)]) for q in QUESTIONS]
+
+
+def load_gguf(path, n_ctx: int = 512):
+    """One thread: on a busy 2-core machine a second spinning llama.cpp thread makes it several times slower.
+    The llamacpp engine's safe model params: llama.cpp's AMX/repacked buffers segfault on quantized tensors on
+    this CPU (the embedded model's own Q4_1 file crashes the same way)."""
+    from chatsmith.engine.llamacpp import _model_params, _safe_params
+
+    with _model_params(**_safe_params()):
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=1, logits_all=True, verbose=False)
+
+
+def greedy_agreement(engine: HFEngine, llm, max_new: int) -> tuple[int, int, int]:
+    """chatsmith's greedy continuation of each prompt, replayed through llama.cpp: at every step, does llama.cpp's
+    own argmax pick the token chatsmith picked (or the stop where chatsmith stopped)? All steps agreeing is the
+    same as the two greedy continuations being identical. Returns (agreeing steps, steps, identical rows)."""
+    params = SamplingParams(temperature=0, max_new_tokens=max_new)
+    _, stop_ids = engine.stops(params)
+    agree = total = rows = 0
+    for conv, res in zip(conversations(), engine.generate(conversations(), params)):
+        ids = engine.prompt_ids(conv)
+        # llama.cpp's tokenizer reads our rendered prompt text into the same ids (vocab, merges, specials)
+        text = engine.template.render(conv, engine.tokenizer, add_generation_prompt=True).text
+        prefix = bos_prefix_ids(engine.tokenizer) if engine.template.add_bos else []
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids[len(prefix):]
+        llm.reset()
+        llm.eval(ids + res.token_ids)
+        picks = np.argmax(np.array(llm.scores[len(ids) - 1: len(ids) + len(res.token_ids)]), axis=-1)
+        ok = [int(p) == t for p, t in zip(picks, res.token_ids)]
+        if res.finish_reason == "stop":
+            ok.append(int(picks[-1]) in stop_ids)
+        agree, total, rows = agree + sum(ok), total + len(ok), rows + all(ok)
+    return agree, total, rows
+
+
+def test_tiny_llama_f32_matches_engine(tiny_llama, tmp_path):
+    from chatsmith import models
+
+    out = export_gguf(str(tiny_llama), tmp_path / "tiny.gguf", qtype="f32")
+    llm = load_gguf(out)
+    assert llm.metadata["general.architecture"] == "llama"
+    assert llm.metadata["tokenizer.ggml.pre"] == "gpt-2"
+    assert int(llm.metadata["tokenizer.ggml.eos_token_id"]) == 3
+    engine = HFEngine.load(str(tiny_llama), template="chatml", dtype="fp32")
+    agree, total, rows = greedy_agreement(engine, llm, max_new=12)
+    assert rows == 5 and agree == total   # f32: identical greedy continuations
+    # teacher-forced logits agree closely (the Q/K permutation and every tensor name are right)
+    ids = engine.prompt_ids(conversations()[0])
+    llm.reset()
+    llm.eval(ids)
+    import torch
+
+    with torch.no_grad():
+        hf = models.load_model(str(tiny_llama), dtype="fp32")(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(np.array(llm.scores[: len(ids)]) - hf).max() < 1e-3
+
+
+def test_tiny_gpt_neox_f32_logits(tmp_path, tiny_root):
+    import tiny
+    import torch
+
+    from chatsmith import models
+
+    src = tiny.build("gpt_neox", tiny_root)
+    llm = load_gguf(export_gguf(str(src), tmp_path / "neox.gguf", qtype="f32"))
+    assert llm.metadata["general.architecture"] == "gptneox"
+    ids = [5, 40, 41, 42, 100, 200, 300, 17]
+    llm.eval(ids)
+    with torch.no_grad():
+        hf = models.load_model(str(src), dtype="fp32")(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(np.array(llm.scores[: len(ids)]) - hf).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_embedded_model_f16_greedy_matches(smollm2_path, tmp_path):
+    out = export_gguf("smollm2", tmp_path / "smollm2-f16.gguf", qtype="f16")
+    llm = load_gguf(out)
+    md = llm.metadata
+    engine = HFEngine.load("smollm2", dtype="fp32")
+    assert md["tokenizer.chat_template"] == engine.tokenizer.chat_template
+    assert (int(md["tokenizer.ggml.bos_token_id"]), int(md["tokenizer.ggml.eos_token_id"])) == (1, 2)
+    # f16 weights against chatsmith's fp32 engine: top-1 agreement along chatsmith's greedy continuations
+    agree, total, rows = greedy_agreement(engine, llm, max_new=16)
+    print(f"smollm2 f16: top-1 agreement {agree}/{total}, identical continuations {rows}/5")
+    assert agree / total >= 0.95
+
+
+def test_merged_finetune_export(cli, tiny_llama, tmp_path):
+    """A LoRA fine-tune merged by `chatsmith merge`, exported by the CLI: llama.cpp continues like the merged
+    model, and the chat template in the file is the training template."""
+    from test_merge import make_lora
+
+    from chatsmith.export.merge import merge_adapters
+    from chatsmith.templates import get_template
+    from chatsmith.templates.jinja import to_jinja
+
+    merged = merge_adapters(str(tiny_llama), [str(make_lora(tiny_llama, tmp_path / "lora", seed=5))],
+                            tmp_path / "merged", dtype="fp32")
+    out = tmp_path / "ft.gguf"
+    r = cli("export", "gguf", "--model", str(merged), "--output", str(out), "--type", "q8_0",
+            env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    r = cli("export", "gguf", "--model", str(merged), "--output", str(out), "--type", "f32")
+    assert r.returncode == 2 and "already exists; pass --force" in r.stderr
+    llm_q8 = load_gguf(out)
+    out32 = export_gguf(str(merged), tmp_path / "ft32.gguf", qtype="f32")
+    llm = load_gguf(out32)
+    assert llm.metadata["tokenizer.chat_template"] == to_jinja(get_template("chatml"))
+    engine = HFEngine.load(str(merged), dtype="fp32")       # template from the merged dir's chatsmith.json
+    assert engine.template.name == "chatml"
+    agree, total, rows = greedy_agreement(engine, llm, max_new=12)
+    assert rows == 5 and agree == total
+    # q8_0: 8-bit weights, same model within quantization error (top-1 on a teacher-forced prompt)
+    ids = engine.prompt_ids(conversations()[0])
+    llm.reset(), llm_q8.reset()
+    llm.eval(ids), llm_q8.eval(ids)
+    a, b = np.array(llm.scores[: len(ids)]), np.array(llm_q8.scores[: len(ids)])
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
+    assert out.stat().st_size < 0.5 * out32.stat().st_size
+
+
+def test_unsupported_architecture_is_one_clear_error(cli, tiny_root, tmp_path):
+    import tiny
+
+    bloom = tiny.build("bloom", tiny_root)
+    out = tmp_path / "bloom.gguf"
+    r = cli("export", "gguf", "--model", str(bloom), "--output", str(out))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"chatsmith: {bloom}: GGUF export supports the llama and gpt_neox architectures; "
+                                "this model is 'bloom'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_midway_leaves_no_file(tiny_llama, tmp_path, monkeypatch):
+    """An error while writing tensors (here: one with no llama.cpp name) removes the partial file."""
+    from chatsmith.errors import ChatsmithError
+    from chatsmith.export import gguf as gguf_export
+
+    real = gguf_export._LLAMA_TENSORS
+
+    def with_extra(model):
+        yield from real(model)
+        yield "model.layers.0.mystery.weight", next(iter(model.state_dict().values()))
+
+    monkeypatch.setattr(gguf_export, "_LLAMA_TENSORS", with_extra)
+    with pytest.raises(ChatsmithError, match="mystery.weight.* has no llama.cpp name"):
+        export_gguf(str(tiny_llama), tmp_path / "x.gguf", qtype="f16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sentencepiece_style_tokenizer_refused(tiny_llama, tmp_path):
+    import shutil
+
+    from chatsmith.errors import ChatsmithError
+
+    model = tmp_path / "spm-like"
+    shutil.copytree(tiny_llama, model)
+    tj = json.loads((model / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
+    (model / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(ChatsmithError, match="byte-level BPE"):
+        export_gguf(str(model), tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
