@@ -1,0 +1,382 @@
+"""`chatsmith serve`: an OpenAI-compatible API (chat and text completions, streamed as server-sent events or
+not) and a web chat page, in one process.
+
+Every request goes through the engine's Scheduler, which batches concurrent requests together; a client that
+disconnects has its generation cancelled. Past --max-queue waiting requests a client gets 429 with Retry-After.
+SIGTERM lets the requests in flight finish while new ones get 503, then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from chatsmith.errors import ChatsmithError, ContextLengthError
+from chatsmith.serve import errors, prepare
+from chatsmith.serve.errors import APIError, sse_error
+from chatsmith.serve.guard import Guard, ServerState
+from chatsmith.serve.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ModelCard,
+    ModelList,
+    Usage,
+    new_id,
+    now,
+)
+
+STATIC = Path(__file__).parent / "static"
+RETRY_AFTER_S = 1
+
+
+def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None = None,
+               state: ServerState | None = None) -> Any:
+    """The ASGI app: FastAPI routes wrapped in the Guard (drain, key, size limit); `app.server` is the shared
+    ServerState."""
+    state = state or ServerState(api_key)
+    api = FastAPI(title="chatsmith", docs_url=None, redoc_url=None, openapi_url=None)
+    errors.install(api)
+    api.add_exception_handler(ClientGone, lambda request, exc: Response(status_code=499))
+
+    def check_model(name: str) -> None:
+        if name != model_id:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves '{model_id}'", "model",
+                           "model_not_found")
+
+    def submit(prompt_ids: list[int], params_list: list) -> list:
+        handles = []
+        try:
+            for p in params_list:
+                handles.append(scheduler.submit(prompt_ids, p))
+        except BaseException as e:
+            for h in handles:
+                h.cancel()
+            from chatsmith.engine.scheduler import QueueFull, ShuttingDown
+
+            if isinstance(e, ShuttingDown):
+                raise APIError(503, str(e), None, "shutting_down", {"Retry-After": "5"}) from None
+            if isinstance(e, QueueFull):
+                raise APIError(429, f"the server is busy ({e}); retry shortly", None, "queue_full",
+                               {"Retry-After": str(RETRY_AFTER_S)}) from None
+            if isinstance(e, ContextLengthError):
+                raise APIError(400, str(e), "max_tokens", "context_length_exceeded") from None
+            if isinstance(e, ChatsmithError):
+                raise APIError(400, str(e), None, "invalid_request") from None
+            raise
+        return handles
+
+    @api.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, "active": scheduler.active()}
+
+    @api.get("/v1/models")
+    async def models():
+        return ModelList(data=[ModelCard(id=model_id)])
+
+    @api.get("/v1/models/{name:path}")
+    async def model(name: str):
+        check_model(name)
+        return ModelCard(id=model_id)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
+        check_model(req.model)
+        ids = prepare.chat_prompt(engine, req)
+        params = prepare.sampling(engine, req, len(ids), prepare.DEFAULT_CHAT_TOKENS, "messages")
+        handles = submit(ids, prepare.per_choice(params, req.n))
+        rid, created = new_id("chatcmpl"), now()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _Stream(_chat_events(handles, rid, created, model_id, len(ids), include_usage), handles)
+        texts, reasons, counts = await _collect(handles, request)
+        return ChatCompletionResponse(
+            id=rid, created=created, model=model_id,
+            choices=[ChatChoice(index=i, message=AssistantMessage(content=t), finish_reason=r)
+                     for i, (t, r) in enumerate(zip(texts, reasons))],
+            usage=_usage(len(ids), sum(counts)))
+
+    @api.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        check_model(req.model)
+        prompts = prepare.completion_prompts(engine, req)
+        handles, prompt_tokens, echoes = [], 0, []
+        try:
+            for ids in prompts:
+                params = prepare.sampling(engine, req, len(ids), prepare.DEFAULT_COMPLETION_TOKENS, "prompt")
+                handles += submit(ids, prepare.per_choice(params, req.n))
+                prompt_tokens += len(ids)
+                echo = engine.tokenizer.decode(ids, skip_special_tokens=True) if req.echo else ""
+                echoes += [echo] * req.n
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
+        rid, created = new_id("cmpl"), now()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _Stream(_completion_events(handles, rid, created, model_id, prompt_tokens, include_usage,
+                                              echoes), handles)
+        texts, reasons, counts = await _collect(handles, request)
+        return CompletionResponse(
+            id=rid, created=created, model=model_id,
+            choices=[CompletionChoice(index=i, text=e + t, finish_reason=r)
+                     for i, (e, t, r) in enumerate(zip(echoes, texts, reasons))],
+            usage=_usage(prompt_tokens, sum(counts)))
+
+    @api.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise APIError(404, f"no static file {name!r}", None, "not_found")
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return Guard(api, state)
+
+
+# ---- streaming and collecting ------------------------------------------------------------------------
+class _Stream(StreamingResponse):
+    """An SSE response that cancels its generations however it ends (finished, client gone, error)."""
+
+    def __init__(self, events: AsyncIterator[str], handles: list):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._handles = handles
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for h in self._handles:
+                h.cancel()
+
+
+async def _merged(handles: list) -> AsyncIterator[tuple[int, Any]]:
+    """(choice index, Delta) from every handle as they come."""
+    if len(handles) == 1:
+        async for d in handles[0].aiter():
+            yield 0, d
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump(i: int, h: Any) -> None:
+        try:
+            async for d in h.aiter():
+                await queue.put((i, d))
+        except Exception as e:  # surfaced to the consumer
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, end))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        left = len(handles)
+        while left:
+            i, item = await queue.get()
+            if item is end:
+                left -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class GenerationFailed(RuntimeError):
+    """The scheduler ended a generation itself: cancelled at shutdown, or an engine error."""
+
+
+def _finish(reason: str | None) -> str | None:
+    """OpenAI's finish_reason ('stop' or 'length'); the scheduler's other endings become errors."""
+    if reason == "cancelled":
+        raise GenerationFailed("the generation was cancelled by the server")
+    if reason and reason not in ("stop", "length"):
+        raise GenerationFailed(reason.removeprefix("error: "))
+    return reason
+
+
+class ClientGone(Exception):
+    """The client hung up before a non-streamed answer was ready."""
+
+
+async def _collect(handles: list, request: Request) -> tuple[list[str], list[str], list[int]]:
+    """Run every choice to the end, cancelling them all if the client goes away meanwhile."""
+    texts, reasons, counts = [""] * len(handles), ["length"] * len(handles), [0] * len(handles)
+
+    async def run() -> None:
+        async for i, d in _merged(handles):
+            texts[i] += d.text
+            counts[i] += d.token_id is not None
+            if d.finish_reason:
+                reasons[i] = _finish(d.finish_reason)
+
+    task = asyncio.create_task(run())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.25)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                raise ClientGone()
+        task.result()
+        return texts, reasons, counts
+    except GenerationFailed as e:
+        raise APIError(503, str(e), None, "generation_failed") from None
+    finally:
+        for h in handles:
+            h.cancel()
+
+
+def _usage(prompt: int, completion: int) -> Usage:
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _event(model: Any) -> str:
+    return "data: " + model.model_dump_json(exclude_none=False) + "\n\n"
+
+
+async def _chat_events(handles, rid, created, model_id, prompt_tokens, include_usage) -> AsyncIterator[str]:
+    completion = 0
+    try:
+        for i in range(len(handles)):
+            yield _event(ChatCompletionChunk(id=rid, created=created, model=model_id, choices=[
+                ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))]))
+        async for i, d in _merged(handles):
+            completion += d.token_id is not None
+            reason = _finish(d.finish_reason)
+            if d.text or reason:
+                yield _event(ChatCompletionChunk(id=rid, created=created, model=model_id, choices=[
+                    ChatChunkChoice(index=i, delta=DeltaMessage(content=d.text or None), finish_reason=reason)]))
+        if include_usage:
+            yield _event(ChatCompletionChunk(id=rid, created=created, model=model_id, choices=[],
+                                             usage=_usage(prompt_tokens, completion)))
+    except Exception as e:  # the status line went out long ago: say so in the stream
+        yield sse_error(str(e) or type(e).__name__)
+    yield "data: [DONE]\n\n"
+
+
+async def _completion_events(handles, rid, created, model_id, prompt_tokens, include_usage, echoes
+                             ) -> AsyncIterator[str]:
+    completion = 0
+    try:
+        for i, echo in enumerate(echoes):
+            if echo:
+                yield _event(CompletionResponse(id=rid, created=created, model=model_id,
+                                                choices=[CompletionChoice(index=i, text=echo)]))
+        async for i, d in _merged(handles):
+            completion += d.token_id is not None
+            reason = _finish(d.finish_reason)
+            if d.text or reason:
+                yield _event(CompletionResponse(id=rid, created=created, model=model_id, choices=[
+                    CompletionChoice(index=i, text=d.text, finish_reason=reason)]))
+        if include_usage:
+            yield _event(CompletionResponse(id=rid, created=created, model=model_id, choices=[],
+                                            usage=_usage(prompt_tokens, completion)))
+    except Exception as e:
+        yield sse_error(str(e) or type(e).__name__)
+    yield "data: [DONE]\n\n"
+
+
+# ---- the process: SIGTERM drains -----------------------------------------------------------------------
+def make_server(app: Any, scheduler: Any, host: str, port: int, drain_timeout: float = 300.0,
+                log_level: str = "warning"):
+    """A uvicorn Server whose first SIGTERM drains: new requests get 503 while those in flight finish, then it
+    exits. A second SIGTERM, or SIGINT, stops at once."""
+    import uvicorn
+
+    state: ServerState = app.server
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if sig == signal.SIGTERM and not state.draining:
+                state.draining = True
+                threading.Thread(target=self._drain, name="drain", daemon=True).start()
+                return
+            super().handle_exit(sig, frame)
+
+        def _drain(self) -> None:
+            deadline = time.monotonic() + drain_timeout
+            while (state.in_flight > 0 or scheduler.active() > 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.should_exit = True
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                            lifespan="off")
+    return DrainingServer(config)
+
+
+def model_id_for(model: str) -> str:
+    p = Path(model)
+    return p.stem if p.suffix == ".gguf" else (p.name if os.sep in model or p.exists() else model)
+
+
+def configure_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2", help="model: smollm2, a model directory, a .gguf file or a hub id")
+    p.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory (repeatable)")
+    p.add_argument("--template", help="prompt template (default: the one stored with the model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (or set CHATSMITH_API_KEY)")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
+    p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights: bitsandbytes on a GPU, int8 Linear layers on CPU (transformers backend)")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 429")
+    p.add_argument("--model-name", help="the model id clients send (default: from --model)")
+    p.add_argument("--log-level", default="warning")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from chatsmith.engine import load_engine
+    from chatsmith.engine.scheduler import Scheduler
+
+    if args.max_batch < 1 or args.max_queue < 1:
+        raise ChatsmithError("--max-batch and --max-queue must be at least 1")
+    if not 0 < args.port < 65536:
+        raise ChatsmithError(f"--port {args.port}: not a TCP port")
+    api_key = args.api_key or os.environ.get("CHATSMITH_API_KEY") or None
+    if args.adapter and args.backend == "llamacpp":
+        raise ChatsmithError("--adapter does not work with the llamacpp backend: merge the adapter and export a GGUF "
+                             "(chatsmith merge, then chatsmith export gguf)")
+    kwargs = {"adapters": args.adapter} if args.backend != "llamacpp" else {}
+    if args.load_in_8bit:
+        if args.backend != "transformers":
+            raise ChatsmithError("--load-in-8bit works with the transformers backend; for llama.cpp export a q8_0 "
+                                 "GGUF (chatsmith export gguf --type q8_0)")
+        kwargs["load_in_8bit"] = True
+    engine = load_engine(args.model, template=args.template, backend=args.backend, **kwargs)
+    scheduler = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue)
+    model_id = args.model_name or model_id_for(args.model)
+    app = create_app(engine, scheduler, model_id, api_key)
+    server = make_server(app, scheduler, args.host, args.port, log_level=args.log_level)
+    print(f"chatsmith: serving {model_id} ({engine.name}) on http://{args.host}:{args.port} "
+          f"(OpenAI API at /v1, web chat at /){' with an API key' if api_key else ''}", flush=True)
+    try:
+        server.run()
+    finally:
+        scheduler.shutdown(drain=False)
+        engine.close()
+    return 0
