@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -220,11 +221,49 @@ def apply_adapters(model, adapters: list[Path], merge: bool = False):
 
 
 def quantize_int8_cpu(model):
-    """CPU 8-bit: dynamic int8 quantization of the Linear layers (weights int8, activations quantized on the fly)."""
+    """CPU 8-bit: every Linear becomes int8 weights with one scale per output row; activations stay in the model's
+    dtype. Not torch.ao dynamic quantization: it also quantizes activations per tensor, which the outlier
+    features of LLM activations ruin (SmolLM2 validation perplexity x2.5-3.8 measured), and it is deprecated."""
     import torch
 
-    model = model.float()
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(module, child_name, int8_linear_type()(child))
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def int8_linear_type():
+    """The Int8Linear class, built on first use so that importing models does not import torch."""
+    import torch
+
+    class Int8Linear(torch.nn.Module):
+        """Weight-only int8 Linear (symmetric, per output row); torch's int8 x float matmul kernel on CPU."""
+
+        def __init__(self, linear: "torch.nn.Linear"):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            w = linear.weight.detach().float()
+            scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+            self.register_buffer("weight_int8", torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8))
+            self.register_buffer("scales", scales.to(linear.weight.dtype))
+            self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+        def forward(self, x):
+            flat = x.reshape(-1, self.in_features).to(self.scales.dtype).contiguous()
+            if hasattr(torch, "_weight_int8pack_mm"):
+                y = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales)
+            else:
+                y = flat @ (self.weight_int8.to(flat.dtype) * self.scales[:, None]).t()
+            if self.bias is not None:
+                y = y + self.bias
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+    return Int8Linear
 
 
 def resolve_dtype(dtype: str | Any):

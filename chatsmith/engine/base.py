@@ -27,6 +27,20 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature <= 0
 
+    def validate(self) -> "SamplingParams":
+        """Raise ChatsmithError naming the first out-of-range field."""
+        from chatsmith.errors import ChatsmithError
+
+        checks = [("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, ">= 1"),
+                  ("temperature", self.temperature >= 0, ">= 0 (0 is greedy)"),
+                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                  ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, ">= 0 (0 is off)"),
+                  ("repetition_penalty", self.repetition_penalty > 0, "> 0")]
+        for name, ok, want in checks:
+            if not ok:
+                raise ChatsmithError(f"sampling parameter {name}={getattr(self, name)!r} must be {want}")
+        return self
+
 
 @dataclass
 class GenerationResult:

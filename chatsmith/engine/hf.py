@@ -1,35 +1,66 @@
-"""The transformers backend: batched (left padding), streaming, greedy or sampled generation with stops.
+"""The transformers backend: batched, streaming, greedy or sampled generation with per-row stops.
 
-A plain decode loop over the model's KV cache rather than `model.generate`: it lets every row of a batch stop on
-its own (stop ids and stop strings), stream per row, and be cancelled, with less per-token overhead.
+A decode loop over the model's KV cache rather than `model.generate`, built around `DecodeBatch`: a set of rows
+that decode together over one left-padded KV cache. Rows join (each prompt is prefilled on its own, then its cache
+is left-padded into the batch) and leave (finished or cancelled rows are dropped from the cache) between any two
+steps. `HFEngine.stream` runs one static batch with it; the Scheduler (engine/scheduler.py) keeps one DecodeBatch
+alive and lets requests join at the next step (continuous batching).
+
+Why prefill each prompt alone: the prompt's cache is then bit-identical to a batch-1 run, and padding only ever
+enters as masked (zero-weight) keys, so greedy outputs in a batch equal batch-1 outputs.
+
+Per step the loop does one forward over (rows, 1) tokens with a preallocated attention-mask buffer (no growing
+torch.cat of masks), samples every row on-device in one vectorized pass (per-row temperature/top-k/top-p/
+repetition penalty; per-row torch.Generator, so a seed reproduces regardless of batch mates), and syncs to the
+host once (`tolist`) to run stop checks and stream text.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import inspect
+import os
+import random
+from typing import Any, Hashable, Iterator, Sequence
 
 import torch
 
+from chatsmith.engine import lean_llama
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
+from chatsmith.engine.lean_llama import LeanLlamaDecoder
 from chatsmith.engine.stops import StopTextStream
 from chatsmith.errors import ContextLengthError
+
+# (row key, new text, token id or None, finish reason or None)
+Event = tuple[Hashable, str, "int | None", "str | None"]
 
 
 class HFEngine(Engine):
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, template: Any, max_context: int | None = None):
+    def __init__(self, model: Any, tokenizer: Any, template: Any, max_context: int | None = None,
+                 lean: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
         cfg = model.config
-        self.max_context = max_context or getattr(cfg, "max_position_embeddings", None) or 2048
+        self.max_context = max_context or getattr(cfg, "max_position_embeddings", None) or \
+            getattr(cfg, "seq_length", None) or 2048
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(base.forward).parameters
+        self._takes_positions = "position_ids" in params          # bloom: positions come from the mask (alibi)
+        self._takes_logits_to_keep = "logits_to_keep" in params   # skip the lm_head on all but the last position
+        self.vocab_size = int(getattr(cfg, "vocab_size", 0) or len(tokenizer))
+        # the lean llama decode step (engine/lean_llama.py) where it applies; CHATSMITH_LEAN=0 turns it off
+        if lean is None:
+            lean = os.environ.get("CHATSMITH_LEAN", "1") != "0"
+        self.lean = LeanLlamaDecoder(model) if lean and lean_llama.supports(model) else None
 
     @classmethod
     def load(cls, model: str = "smollm2", adapters: list[str] | None = None, template: str | None = None,
-             dtype: str = "auto", load_in_8bit: bool = False, system: str | None = None) -> "HFEngine":
+             dtype: str = "auto", load_in_8bit: bool = False, system: str | None = None,
+             lean: bool | None = None) -> "HFEngine":
         from chatsmith import models
         from chatsmith.engine import pick_template
 
@@ -39,9 +70,20 @@ class HFEngine(Engine):
         tpl = pick_template(template, ref.meta, tok)
         if system is not None:
             tpl = tpl.with_system(system)
-        return cls(m, tok, tpl)
+        return cls(m, tok, tpl, lean=lean)
 
     # ------------------------------------------------------------------------------------------
+    def check_fits(self, prompt_ids: Sequence[int], params: SamplingParams, what: str = "prompt") -> None:
+        if not prompt_ids:
+            raise ContextLengthError(f"{what} is empty")
+        if len(prompt_ids) + params.max_new_tokens > self.max_context:
+            raise ContextLengthError(
+                f"{what} has {len(prompt_ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
+                f"model's context of {self.max_context} tokens")
+
+    def new_batch(self) -> "DecodeBatch":
+        return DecodeBatch(self)
+
     def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams],
                cancelled: Any = None) -> Iterator[Delta]:
         n = len(prompts)
@@ -50,96 +92,243 @@ class HFEngine(Engine):
         plist = list(params) if isinstance(params, (list, tuple)) else [params] * n
         ids = [self.prompt_ids(p) for p in prompts]
         for i, (p_ids, p) in enumerate(zip(ids, plist)):
-            if not p_ids:
-                raise ContextLengthError(f"prompt {i} is empty")
-            if len(p_ids) + p.max_new_tokens > self.max_context:
-                raise ContextLengthError(
-                    f"prompt {i} has {len(p_ids)} tokens; with max_new_tokens={p.max_new_tokens} it exceeds the "
-                    f"model's context of {self.max_context} tokens")
-        stop_cfg = [self.stops(p) for p in plist]
-        texts = [StopTextStream(self.tokenizer, s) for s, _ in stop_cfg]
-        stop_ids = [set(i) for _, i in stop_cfg]
-        gens = [_generator(p, self.device) for p in plist]
-
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((n, width), dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, width - len(x):] = torch.tensor(x)
-            attn[i, width - len(x):] = 1
-        input_ids, attn = input_ids.to(self.device), attn.to(self.device)
-        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-        done = [False] * n
-        produced = [0] * n
-        history = [list(x) for x in ids]   # for repetition penalty
-        past = None
-        step_input, step_pos = input_ids, position_ids
-        max_steps = max(p.max_new_tokens for p in plist)
-        with torch.inference_mode():
-            for _ in range(max_steps):
-                out = self.model(input_ids=step_input, attention_mask=attn, position_ids=step_pos,
-                                 past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                logits = out.logits[:, -1, :].float()
-                next_ids = []
-                for i in range(n):
-                    if done[i]:
-                        next_ids.append(self.pad_id)
-                        continue
-                    next_ids.append(_pick(logits[i], plist[i], history[i], gens[i]))
-                for i, t in enumerate(next_ids):
-                    if done[i]:
-                        continue
-                    if cancelled is not None and cancelled(i):
-                        done[i] = True
-                        yield Delta(i, "", None, "cancelled")
-                        continue
-                    if t in stop_ids[i]:
-                        done[i] = True
-                        yield Delta(i, texts[i].flush(), None, "stop")
-                        continue
-                    produced[i] += 1
-                    history[i].append(t)
-                    piece = texts[i].add(t)
-                    if texts[i].stopped:
-                        done[i] = True
-                        yield Delta(i, piece, t, "stop")
-                    elif produced[i] >= plist[i].max_new_tokens:
-                        done[i] = True
-                        yield Delta(i, piece + texts[i].flush(), t, "length")
-                    else:
-                        yield Delta(i, piece, t, None)
-                if all(done):
+            p.validate()
+            self.check_fits(p_ids, p, f"prompt {i}")
+        batch = self.new_batch()
+        for i, (p_ids, p) in enumerate(zip(ids, plist)):
+            for key, text, tok, fin in batch.add(i, p_ids, p):
+                yield Delta(key, text, tok, fin)
+        while len(batch):
+            if cancelled is not None:
+                for key in [k for k in batch.keys() if cancelled(k)]:
+                    for k, text, tok, fin in batch.cancel(key):
+                        yield Delta(k, text, tok, fin)
+                if not len(batch):
                     break
-                step_input = torch.tensor(next_ids, device=self.device).unsqueeze(1)
-                attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=self.device)], dim=1)
-                step_pos = step_pos[:, -1:] + 1
+            for key, text, tok, fin in batch.step():
+                yield Delta(key, text, tok, fin)
 
 
-def _generator(p: SamplingParams, device) -> torch.Generator | None:
-    if p.greedy:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(p.seed if p.seed is not None else torch.seed())
-    return g
+class _Row:
+    """One sequence in a DecodeBatch: its sampling settings, stop detection and text stream."""
+
+    def __init__(self, key: Hashable, prompt_len: int, params: SamplingParams, stops: tuple[list[str], list[int]],
+                 tokenizer: Any, device: Any):
+        self.key = key
+        self.params = params
+        self.length = prompt_len          # real tokens in the cache for this row
+        self.text = StopTextStream(tokenizer, stops[0])
+        self.stop_ids = set(stops[1])
+        self.produced = 0
+        self.next_token: int | None = None   # sampled, not yet fed to the model
+        self.gen: torch.Generator | None = None
+        if not params.greedy:
+            self.gen = torch.Generator(device=device)
+            self.gen.manual_seed(params.seed if params.seed is not None else random.SystemRandom().randrange(2**63))
+
+    def accept(self, token: int) -> Event:
+        """Process a sampled token; returns its event (the text is empty while a possible stop string is held
+        back; the finish reason is set when this row is done)."""
+        if token in self.stop_ids:
+            return (self.key, self.text.flush(), None, "stop")
+        self.produced += 1
+        piece = self.text.add(token)
+        if self.text.stopped:
+            return (self.key, piece, token, "stop")
+        if self.produced >= self.params.max_new_tokens:
+            return (self.key, piece + self.text.flush(), token, "length")
+        self.next_token = token
+        return (self.key, piece, token, None)
 
 
-def _pick(logits: torch.Tensor, p: SamplingParams, history: list[int], gen) -> int:
-    if p.repetition_penalty != 1.0 and history:
-        idx = torch.tensor(sorted(set(history)), device=logits.device)
-        vals = logits[idx]
-        logits[idx] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-    if p.greedy:
-        return int(torch.argmax(logits))
-    logits = logits / p.temperature
-    if p.top_k and p.top_k > 0:
-        kth = torch.topk(logits, min(p.top_k, logits.shape[-1])).values[-1]
-        logits[logits < kth] = float("-inf")
-    probs = torch.softmax(logits, dim=-1)
-    if p.top_p < 1.0:
-        sp, si = torch.sort(probs, descending=True)
-        keep = sp.cumsum(-1) - sp < p.top_p
-        sp = sp * keep
-        probs = torch.zeros_like(probs).scatter(0, si, sp)
-        probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=gen))
+class DecodeBatch:
+    """Rows decoding together over one left-padded KV cache; rows join and leave between steps.
+
+    Not thread-safe: one thread (the caller of `stream`, or the scheduler's worker) drives it."""
+
+    def __init__(self, engine: HFEngine):
+        self.engine = engine
+        self.model = engine.model
+        self.device = engine.device
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.width = 0                    # cache length (columns), left padding included
+        self.mask: torch.Tensor | None = None   # (rows, capacity) attention-mask buffer; [:, :width] is live
+        self.seen: torch.Tensor | None = None   # (rows, vocab) bool, for repetition penalty
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keys(self) -> list[Hashable]:
+        return [r.key for r in self.rows]
+
+    # -- joining --------------------------------------------------------------------------------
+    def add(self, key: Hashable, prompt_ids: Sequence[int], params: SamplingParams) -> list[Event]:
+        """Prefill one prompt on its own and merge it into the batch; returns the first token's event."""
+        eng = self.engine
+        row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device)
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(ids), "use_cache": True}
+        if eng._takes_positions:
+            kwargs["position_ids"] = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
+        if eng._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, **kwargs)
+            logits = out.logits[:, -1, :].float()
+            seen = None
+            if params.repetition_penalty != 1.0:
+                seen = torch.zeros((1, logits.shape[-1]), dtype=torch.bool, device=self.device)
+                seen[0, ids[0]] = True
+            token = _sample(logits, [row], seen)[0]
+        event = row.accept(token)
+        if event[3] is not None:
+            return [event]
+        with torch.inference_mode():
+            self._merge(row, out.past_key_values, seen, logits.shape[-1])
+        return [event]
+
+    def _merge(self, row: _Row, cache: Any, seen: torch.Tensor | None, vocab: int) -> None:
+        n = row.length
+        if not self.rows:
+            self.cache, self.width = cache, n
+            self.mask = torch.zeros((1, n + 256), dtype=torch.long, device=self.device)
+            self.mask[:, :n] = 1
+            self.seen = seen
+            self.rows = [row]
+            return
+        if n > self.width:              # the newcomer is longer: left-pad everyone else
+            grow = n - self.width
+            for layer in self.cache.layers:
+                layer.keys = _pad_left(layer.keys, grow)
+                layer.values = _pad_left(layer.values, grow)
+            self.mask = torch.cat([torch.zeros((len(self.rows), grow), dtype=self.mask.dtype, device=self.device),
+                                   self.mask], dim=1)
+            self.width = n
+        pad = self.width - n
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([mine.keys, _pad_left(theirs.keys, pad)], dim=0)
+            mine.values = torch.cat([mine.values, _pad_left(theirs.values, pad)], dim=0)
+        new_mask = torch.zeros((1, self.mask.shape[1]), dtype=self.mask.dtype, device=self.device)
+        new_mask[:, pad:self.width] = 1
+        self.mask = torch.cat([self.mask, new_mask], dim=0)
+        if seen is not None or self.seen is not None:
+            old = self.seen if self.seen is not None else torch.zeros(
+                (len(self.rows), vocab), dtype=torch.bool, device=self.device)
+            seen = seen if seen is not None else torch.zeros((1, vocab), dtype=torch.bool, device=self.device)
+            self.seen = torch.cat([old, seen], dim=0)
+        self.rows.append(row)
+
+    # -- leaving --------------------------------------------------------------------------------
+    def cancel(self, key: Hashable) -> list[Event]:
+        idx = [i for i, r in enumerate(self.rows) if r.key == key]
+        if not idx:
+            return []
+        with torch.inference_mode():
+            self._drop(idx)
+        return [(key, "", None, "cancelled")]
+
+    def _drop(self, idx: list[int]) -> None:
+        keep = [i for i in range(len(self.rows)) if i not in set(idx)]
+        if not keep:
+            self.rows, self.cache, self.mask, self.seen, self.width = [], None, None, None, 0
+            return
+        self.rows = [self.rows[i] for i in keep]
+        sel = torch.tensor(keep, dtype=torch.long, device=self.device)
+        # columns that are padding for every remaining row can go too
+        trim = self.width - max(r.length for r in self.rows)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, sel)[..., trim:, :]
+            layer.values = layer.values.index_select(0, sel)[..., trim:, :]
+        self.mask = self.mask.index_select(0, sel)[:, trim:]
+        self.width -= trim
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, sel)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def step(self) -> list[Event]:
+        """Feed every row its last sampled token, sample the next one; returns one event per row."""
+        if not self.rows:
+            return []
+        with torch.inference_mode():   # the cache and mask are inference tensors: update them inside it
+            return self._step()
+
+    def _step(self) -> list[Event]:
+        eng = self.engine
+        b = len(self.rows)
+        if self.width >= self.mask.shape[1]:
+            self.mask = torch.cat([self.mask, torch.zeros((b, 256), dtype=self.mask.dtype, device=self.device)], 1)
+        self.mask[:, self.width] = 1
+        tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[r.length] for r in self.rows], dtype=torch.long, device=self.device)
+        mask = self.mask[:, :self.width + 1]
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens, True)
+        if eng.lean is not None:
+            starts = [self.width + 1 - (r.length + 1) for r in self.rows]
+            logits = eng.lean.step(tokens, positions, starts, self.cache)
+        else:
+            kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": self.cache, "use_cache": True}
+            if eng._takes_positions:
+                kwargs["position_ids"] = positions
+            out = self.model(input_ids=tokens, **kwargs)
+            self.cache = out.past_key_values
+            logits = out.logits[:, -1, :]
+        self.width += 1
+        for r in self.rows:
+            r.length += 1
+        picked = _sample(logits.float(), self.rows, self.seen)
+        events, finished = [], []
+        for i, (r, t) in enumerate(zip(self.rows, picked)):
+            ev = r.accept(t)
+            events.append(ev)
+            if ev[3] is not None:
+                finished.append(i)
+        if finished:
+            self._drop(finished)
+        return events
+
+
+def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
+    if n <= 0:
+        return t
+    shape = list(t.shape)
+    shape[-2] = n
+    return torch.cat([t.new_zeros(shape), t], dim=-2)
+
+
+def _sample(logits: torch.Tensor, rows: Sequence[_Row], seen: torch.Tensor | None) -> list[int]:
+    """Next token per row, in one vectorized pass over (rows, vocab) float32 logits; syncs once (tolist)."""
+    device = logits.device
+    params = [r.params for r in rows]
+    pens = [p.repetition_penalty for p in params]
+    if seen is not None and any(x != 1.0 for x in pens):
+        pen = torch.tensor(pens, dtype=logits.dtype, device=device).unsqueeze(1)
+        penalized = torch.where(logits > 0, logits / pen, logits * pen)
+        logits = torch.where(seen, penalized, logits)
+    greedy = [p.greedy for p in params]
+    if all(greedy):
+        return logits.argmax(-1).tolist()
+    temps = torch.tensor([1.0 if p.greedy else p.temperature for p in params], dtype=logits.dtype, device=device)
+    scaled = logits / temps.unsqueeze(1)
+    u = torch.stack([torch.rand((), generator=r.gen, device=device) if r.gen is not None
+                     else torch.zeros((), device=device) for r in rows]).unsqueeze(1)
+    if any(p.top_k > 0 or p.top_p < 1.0 for p in params if not p.greedy):
+        vals, order = scaled.sort(dim=-1, descending=True)
+        vocab = vals.shape[-1]
+        ks = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device).unsqueeze(1)
+        vals = vals.masked_fill(torch.arange(vocab, device=device).unsqueeze(0) >= ks, float("-inf"))
+        probs = torch.softmax(vals, dim=-1)
+        top_p = torch.tensor([p.top_p for p in params], dtype=probs.dtype, device=device).unsqueeze(1)
+        before = probs.cumsum(-1) - probs          # mass of the better tokens: keep while it is below top_p
+        probs = probs.masked_fill(before >= top_p, 0.0)
+        cdf = probs.cumsum(-1)
+        pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=vocab - 1)
+        sampled = order.gather(1, pos).squeeze(1)
+    else:
+        cdf = torch.softmax(scaled, dim=-1).cumsum(-1)
+        sampled = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1).squeeze(1)
+    if any(greedy):
+        mask = torch.tensor(greedy, device=device)
+        sampled = torch.where(mask, logits.argmax(-1), sampled)
+    return sampled.tolist()

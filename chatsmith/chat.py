@@ -1,0 +1,210 @@
+"""`chatsmith chat`: FastChat-style terminal chat over an Engine.
+
+Interactive (stdin is a terminal): type a prompt after `USER:`; the answer streams after `ASSISTANT:`.
+  * several lines: end a line with a backslash `\\` to continue on the next line, or start with --multiline,
+    where every prompt ends with an empty line;
+  * `!!reset` starts a new conversation, `!!exit` (or Ctrl-D) quits, Ctrl-C stops the answer being written.
+Piped (stdin is not a terminal): every line is one prompt (with --multiline, blocks separated by an empty line
+are); only the answers go to stdout, one per prompt, each ending with a newline. Notes go to stderr.
+
+A conversation that outgrows the model's context drops its oldest turns (said on stderr); a single prompt too
+long for the context is refused with a message and the chat goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+import sys
+from typing import IO, Iterator
+
+from chatsmith.conversation import Conversation, Message
+from chatsmith.engine.base import Engine, SamplingParams
+from chatsmith.errors import ChatsmithError, ContextLengthError
+
+RESET, EXIT = "!!reset", "!!exit"
+
+
+def configure_chat(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("Multi-line input: end a line with '\\' to continue it, or use --multiline (an empty line sends). "
+                "Commands: !!reset (new conversation), !!exit. Piped stdin: one prompt per line "
+                "(per blank-line-separated block with --multiline); only answers are printed.")
+    p.add_argument("--model", default="smollm2", help="smollm2 (default), a model dir, a .gguf file or a hub id")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="LoRA adapter dir (repeatable)")
+    p.add_argument("--template", default=None,
+                   help="prompt template (default: stored with the model, else the tokenizer's, else vicuna_v1.1)")
+    p.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--no-history", action="store_true", help="answer every prompt on its own")
+    p.add_argument("--multiline", action="store_true", help="a prompt ends with an empty line")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU/GPU is fast at it), bf16, fp16, fp32")
+    p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (int8 dynamic quantization on CPU)")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
+
+
+class ChatSession:
+    """The conversation so far, and fitting it into the model's context."""
+
+    def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None, history: bool = True):
+        self.engine = engine
+        self.params = params
+        self.system = system
+        self.keep_history = history
+        self.messages: list[Message] = []
+
+    def reset(self) -> None:
+        self.messages = []
+
+    def prepare(self, prompt: str) -> tuple[Conversation, SamplingParams, int]:
+        """The conversation to send (oldest turns dropped to fit), its params, and how many turns were dropped.
+        Raises ContextLengthError if the prompt alone does not fit."""
+        msgs = [*(self.messages if self.keep_history else []), Message("user", prompt)]
+        ctx = self.engine.max_context
+        reserve = max(1, min(self.params.max_new_tokens, ctx // 4))   # room the answer needs at least
+        dropped = 0
+        while True:
+            conv = Conversation(list(msgs), system=self.system)
+            n = len(self.engine.prompt_ids(conv))
+            if n + reserve <= ctx:
+                break
+            if len(msgs) == 1:
+                raise ContextLengthError(
+                    f"this prompt is too long: {n} tokens, and the model's context is {ctx} tokens with room for "
+                    f"{reserve} to answer; shorten it")
+            msgs = msgs[2:]
+            dropped += 1
+        if dropped:
+            self.messages = msgs[:-1]
+        params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, ctx - n))
+        return conv, params, dropped
+
+    def record(self, prompt: str, answer: str) -> None:
+        if self.keep_history:
+            self.messages += [Message("user", prompt), Message("assistant", answer)]
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from chatsmith.engine import load_engine
+
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    params.validate()
+    if args.adapter and args.backend != "transformers":
+        raise ChatsmithError(f"--adapter works with the transformers backend only (got --backend {args.backend}); "
+                             "merge the adapter first with `chatsmith merge`")
+    kwargs = {"dtype": args.dtype, "load_in_8bit": args.load_in_8bit} if args.backend == "transformers" else {}
+    engine = load_engine(args.model, args.adapter or None, args.template, backend=args.backend, **kwargs)
+    session = ChatSession(engine, params, system=args.system, history=not args.no_history)
+    interactive = sys.stdin.isatty()
+    prompts = read_interactive(args.multiline) if interactive else read_piped(sys.stdin, args.multiline)
+    try:
+        for prompt in prompts:
+            command = prompt.strip()
+            if command == EXIT:
+                break
+            if command == RESET:
+                session.reset()
+                print("(new conversation)", file=sys.stdout if interactive else sys.stderr, flush=True)
+                continue
+            answer_one(session, prompt, interactive)
+    finally:
+        engine.close()
+    return 0
+
+
+def answer_one(session: ChatSession, prompt: str, interactive: bool, out: IO[str] | None = None) -> str | None:
+    """Stream one answer to `out` (stdout); notes go to stderr. Returns the answer, or None if refused."""
+    out = out or sys.stdout
+    note = sys.stdout if interactive else sys.stderr
+    try:
+        conv, params, dropped = session.prepare(prompt)
+    except ContextLengthError as e:
+        print(f"chatsmith: {e}", file=sys.stderr, flush=True)
+        if not interactive:
+            print("", file=out, flush=True)     # keep one output line per prompt
+        return None
+    if dropped:
+        print(f"(the conversation outgrew the model's context: dropped the oldest {dropped} turn"
+              f"{'s' if dropped > 1 else ''})", file=sys.stderr, flush=True)
+    if interactive:
+        out.write("ASSISTANT: ")
+        out.flush()
+    parts: list[str] = []
+    try:
+        for d in session.engine.stream([conv], params):
+            if d.text:
+                parts.append(d.text)
+                out.write(d.text)
+                out.flush()
+    except KeyboardInterrupt:
+        if not interactive:
+            raise
+        print(" [stopped]", file=note, flush=True)
+        return None                              # a cut-off answer is not kept in the history
+    out.write("\n")
+    out.flush()
+    answer = "".join(parts)
+    session.record(prompt, answer)
+    return answer
+
+
+def read_piped(stream: IO[str], multiline: bool) -> Iterator[str]:
+    """One prompt per non-empty line; with multiline, one per block of lines separated by empty lines."""
+    block: list[str] = []
+    for line in stream:
+        line = line.rstrip("\r\n")
+        if not multiline:
+            if line.strip():
+                yield line
+            continue
+        if line.strip():
+            block.append(line)
+        elif block:
+            yield "\n".join(block)
+            block = []
+    if block:
+        yield "\n".join(block)
+
+
+def read_interactive(multiline: bool) -> Iterator[str]:
+    """Prompts typed at a terminal: a trailing backslash continues a line; with multiline an empty line sends."""
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    hint = "an empty line sends" if multiline else "end a line with \\ to continue it"
+    print(f"(chat: {hint}; {RESET} starts over, {EXIT} quits)", flush=True)
+    while True:
+        lines: list[str] = []
+        label = "USER: "
+        try:
+            while True:
+                line = input(label)
+                if line.strip() in (RESET, EXIT) and not lines:
+                    lines = [line.strip()]
+                    break
+                if multiline:
+                    if not line.strip():
+                        if lines:
+                            break
+                        continue
+                    lines.append(line)
+                elif line.endswith("\\"):
+                    lines.append(line[:-1])
+                else:
+                    lines.append(line)
+                    break
+                label = "...   "
+        except (EOFError, KeyboardInterrupt):
+            print(flush=True)
+            if lines:
+                yield "\n".join(lines)
+            return
+        text = "\n".join(lines)
+        if text.strip():
+            yield text

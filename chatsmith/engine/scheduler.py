@@ -1,0 +1,325 @@
+"""Continuous batching: many callers, one background thread, one decode batch.
+
+`Scheduler.submit` queues a request and returns a `RequestHandle` at once; a worker thread owns the engine's
+`DecodeBatch` and, before every decode step, lets waiting requests join (prefilled alone, then merged into the
+left-padded KV cache) up to `max_batch` rows. Finished and cancelled rows leave between steps, so a short request
+never waits for a long one and total throughput grows with the number of concurrent clients.
+
+Engines without a `new_batch()` (e.g. llama.cpp) get dynamic batching instead: waiting requests form the next
+batch, which runs to completion through `engine.stream`.
+
+Handles are consumed either blocking (`for delta in handle`) or from asyncio (`async for delta in handle.aiter()`),
+which never blocks the event loop: the worker wakes the loop with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import queue
+import threading
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+from chatsmith.conversation import Conversation
+from chatsmith.engine.base import Delta, GenerationResult, SamplingParams
+from chatsmith.errors import ChatsmithError, ContextLengthError
+
+
+class QueueFull(ChatsmithError):
+    """More requests are waiting than --max-queue allows; retry later."""
+
+
+class ShuttingDown(ChatsmithError):
+    """The scheduler no longer accepts requests (it is draining or stopped)."""
+
+
+class RequestHandle:
+    """One submitted request: iterate it for its Deltas; the last one carries finish_reason."""
+
+    _ids = itertools.count()
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams):
+        self.id = next(self._ids)
+        self.prompt_ids = prompt_ids
+        self.prompt_tokens = len(prompt_ids)
+        self.params = params
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self._q: queue.Queue[Delta] = queue.Queue()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._waker: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    # -- producer side (the worker thread) ------------------------------------------------------
+    def _push(self, d: Delta) -> None:
+        if d.token_id is not None:
+            self.completion_tokens += 1
+        if d.finish_reason:
+            self.finish_reason = d.finish_reason
+        with self._lock:
+            self._q.put(d)
+            waker = self._waker
+        if waker is not None:
+            loop, event = waker
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:   # the consumer's loop is closed: nobody is listening any more
+                pass
+
+    # -- consumer side --------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Stop this request's generation; its slot is freed within one decode step."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def __iter__(self) -> Iterator[Delta]:
+        finished = False
+        try:
+            while True:
+                d = self._q.get()
+                yield d
+                if d.finish_reason:
+                    finished = True
+                    return
+        finally:
+            if not finished:       # the consumer walked away: free the slot
+                self.cancel()
+
+    async def aiter(self) -> AsyncIterator[Delta]:
+        event = asyncio.Event()
+        with self._lock:
+            self._waker = (asyncio.get_running_loop(), event)
+        finished = False
+        try:
+            while True:
+                event.clear()
+                while True:
+                    try:
+                        d = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    yield d
+                    if d.finish_reason:
+                        finished = True
+                        return
+                await event.wait()
+        finally:
+            with self._lock:
+                self._waker = None
+            if not finished:       # disconnect / task cancelled: stop generating for nobody
+                self.cancel()
+
+    def result(self) -> GenerationResult:
+        """Block until done; the whole answer."""
+        text, ids = [], []
+        for d in self:
+            text.append(d.text)
+            if d.token_id is not None:
+                ids.append(d.token_id)
+        return GenerationResult("".join(text), ids, self.finish_reason or "length", self.prompt_tokens, len(ids))
+
+
+class Scheduler:
+    def __init__(self, engine: Any, max_batch: int = 16, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 0:
+            raise ChatsmithError(f"max_batch must be >= 1 and max_queue >= 0 (got {max_batch}, {max_queue})")
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._waiting: collections.deque[RequestHandle] = collections.deque()
+        self._running: dict[int, RequestHandle] = {}
+        self._cv = threading.Condition()
+        self._tokenize_lock = threading.Lock()
+        self._accepting = True
+        self._stop = False          # stop the worker (after draining if requested)
+        self._abort = False         # cancel everything in flight
+        self.steps = 0              # decode steps taken (for tests / stats)
+        self.max_rows_seen = 0      # the widest batch so far
+        continuous = hasattr(engine, "new_batch")
+        target = self._run_continuous if continuous else self._run_dynamic
+        self._thread = threading.Thread(target=self._guard(target), name="chatsmith-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- public API -----------------------------------------------------------------------------
+    def submit(self, prompt: Conversation | Sequence[int], params: SamplingParams | None = None) -> RequestHandle:
+        params = params or SamplingParams()
+        params.validate()
+        with self._tokenize_lock:     # callers' threads share one Rust tokenizer: encode one at a time
+            ids = self.engine.prompt_ids(prompt)
+        limit = self.engine.max_context
+        if not ids:
+            raise ContextLengthError("the prompt is empty")
+        if len(ids) + params.max_new_tokens > limit:
+            raise ContextLengthError(
+                f"the prompt has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
+                f"model's context of {limit} tokens")
+        handle = RequestHandle(ids, params)
+        with self._cv:
+            if not self._accepting:
+                raise ShuttingDown("the server is shutting down; not accepting new requests")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue}); "
+                                "retry later")
+            self._waiting.append(handle)
+            self._cv.notify()
+        return handle
+
+    def active(self) -> int:
+        """Requests queued or running."""
+        with self._cv:
+            return len(self._waiting) + len(self._running)
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting. With drain, queued and running requests finish first; without, they are cancelled."""
+        with self._cv:
+            self._accepting = False
+            self._stop = True
+            if not drain:
+                self._abort = True
+            self._cv.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "Scheduler":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(drain=False)
+
+    # -- the worker -----------------------------------------------------------------------------
+    def _guard(self, target):
+        def run() -> None:
+            try:
+                target()
+            except BaseException as e:   # never leave a client hanging: end every stream with an error
+                self._fail_all(f"error: {type(e).__name__}: {e}")
+                raise
+        return run
+
+    def _fail_all(self, reason: str) -> None:
+        with self._cv:
+            self._accepting = False
+            handles = [*self._waiting, *self._running.values()]
+            self._waiting.clear()
+            self._running.clear()
+        for h in handles:
+            if not h.done:
+                h._push(Delta(0, "", None, reason))
+
+    def _take_waiting(self, room: int) -> list[RequestHandle]:
+        """Up to `room` waiting requests (blocks while there is nothing to do). [] means: exit."""
+        with self._cv:
+            while not self._waiting and not self._running:
+                if self._stop:
+                    return []
+                self._cv.wait()
+            if self._abort:
+                return []
+            out = []
+            while self._waiting and len(out) < room:
+                out.append(self._waiting.popleft())
+            for h in out:
+                self._running[h.id] = h
+            return out
+
+    def _finish(self, h: RequestHandle, d: Delta) -> None:
+        h._push(d)
+        if d.finish_reason:
+            with self._cv:
+                self._running.pop(h.id, None)
+
+    def _abort_all(self) -> None:
+        with self._cv:
+            handles = [*self._waiting, *self._running.values()]
+            self._waiting.clear()
+            self._running.clear()
+        for h in handles:
+            if not h.done:
+                h._push(Delta(0, "", None, "cancelled"))
+
+    def _run_continuous(self) -> None:
+        batch = self.engine.new_batch()
+        while True:
+            if self._abort:
+                self._abort_all()
+                return
+            try:
+                self._continuous_step(batch)
+            except Exception as e:        # an engine failure ends the requests in that batch, not the server
+                reason = f"error: {type(e).__name__}: {str(e)[:200]}"
+                with self._cv:
+                    failed = [h for h in self._running.values()]
+                for h in failed:
+                    if not h.done:
+                        self._finish(h, Delta(0, "", None, reason))
+                batch = self.engine.new_batch()
+            if not len(batch):
+                with self._cv:
+                    if self._stop and not self._waiting and not self._running:
+                        return
+
+    def _continuous_step(self, batch: Any) -> None:
+        """Let waiting requests join (up to max_batch), drop cancelled rows, decode one step."""
+        room = self.max_batch - len(batch)
+        for h in self._take_waiting(room) if room > 0 else []:
+            if h.cancelled:
+                self._finish(h, Delta(0, "", None, "cancelled"))
+                continue
+            try:
+                events = batch.add(h.id, h.prompt_ids, h.params)
+            except ChatsmithError as e:
+                self._finish(h, Delta(0, "", None, f"error: {e}"))
+                continue
+            for _, text, tok, fin in events:
+                self._finish(h, Delta(0, text, tok, fin))
+        for key in batch.keys():
+            h = self._running.get(key)
+            if h is not None and h.cancelled:
+                for _, text, tok, fin in batch.cancel(key):
+                    self._finish(h, Delta(0, text, tok, fin))
+        if not len(batch):
+            return
+        self.max_rows_seen = max(self.max_rows_seen, len(batch))
+        events = batch.step()
+        self.steps += 1
+        for key, text, tok, fin in events:
+            h = self._running.get(key)
+            if h is not None:
+                self._finish(h, Delta(0, text, tok, fin))
+
+    def _run_dynamic(self) -> None:
+        while True:
+            if self._abort:
+                self._abort_all()
+                return
+            group = []
+            for h in self._take_waiting(self.max_batch):
+                if h.cancelled:
+                    self._finish(h, Delta(0, "", None, "cancelled"))
+                else:
+                    group.append(h)
+            if not group:
+                with self._cv:
+                    if self._stop and not self._waiting and not self._running:
+                        return
+                continue
+            self.max_rows_seen = max(self.max_rows_seen, len(group))
+            try:
+                for d in self.engine.stream([h.prompt_ids for h in group], [h.params for h in group],
+                                            cancelled=lambda i: group[i].cancelled or self._abort):
+                    self._finish(group[d.index], Delta(0, d.text, d.token_id, d.finish_reason))
+            except ChatsmithError as e:
+                for h in group:
+                    if not h.done:
+                        self._finish(h, Delta(0, "", None, f"error: {e}"))
+            for h in group:   # an engine that ended without a finish reason still ends the stream
+                if not h.done:
+                    self._finish(h, Delta(0, "", None, "length"))

@@ -1,0 +1,204 @@
+"""The transformers engine on the tiny random models: batching equals batch-1, seeds reproduce, stops stop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatsmith.conversation import Conversation
+from chatsmith.engine.base import SamplingParams
+from chatsmith.engine.hf import HFEngine
+from chatsmith.engine.stops import StopTextStream
+from chatsmith.errors import ChatsmithError, ContextLengthError
+
+PROMPTS = [Conversation.single(t) for t in
+           ("hello", "What is the capital of France?", "The quick brown fox jumps over the lazy dog. " * 3,
+            "def add(a, b):")]
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 2 shared cores: one intra-op thread is several times faster than two fighting over them
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_root):
+    import tiny
+
+    return {arch: HFEngine.load(str(tiny.build(arch, tiny_root)), template="vicuna_v1.1", dtype="fp32")
+            for arch in ("llama", "gpt_neox", "bloom")}
+
+
+@pytest.fixture(scope="module")
+def llama(engines):
+    return engines["llama"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "bloom"])
+def test_batched_greedy_equals_batch_of_one(engines, arch):
+    eng = engines[arch]
+    solo = [eng.generate([c], GREEDY)[0] for c in PROMPTS]
+    batch = eng.generate(PROMPTS, GREEDY)
+    assert [r.token_ids for r in batch] == [r.token_ids for r in solo]
+    assert [r.text for r in batch] == [r.text for r in solo]
+    assert all(r.completion_tokens >= 1 or r.finish_reason == "stop" for r in batch)
+    assert [r.prompt_tokens for r in batch] == [len(eng.prompt_ids(c)) for c in PROMPTS]
+
+
+def test_stream_yields_token_by_token_and_matches_generate(llama):
+    p = SamplingParams(max_new_tokens=10, temperature=0, stop_ids=[])
+    deltas = list(llama.stream([PROMPTS[0]], p))
+    whole = llama.generate([PROMPTS[0]], p)[0]
+    assert "".join(d.text for d in deltas) == whole.text
+    assert [d.token_id for d in deltas if d.token_id is not None] == whole.token_ids
+    assert deltas[-1].finish_reason == whole.finish_reason
+    assert all(d.finish_reason is None for d in deltas[:-1])
+    assert whole.finish_reason == "length" and len(deltas) == 10 and whole.completion_tokens == 10
+
+
+def test_max_new_tokens_gives_length(llama):
+    ids = llama.prompt_ids(PROMPTS[1])     # token ids are a prompt too
+    res = llama.generate([ids], SamplingParams(max_new_tokens=5, temperature=0))[0]
+    assert res.finish_reason == "length" and res.completion_tokens == 5 and len(res.token_ids) == 5
+
+
+def test_stop_string_ends_generation_and_is_not_emitted(llama):
+    base = llama.generate([PROMPTS[2]], SamplingParams(max_new_tokens=24, temperature=0))[0]
+    assert len(base.text) > 8, base
+    stop = base.text[4:7]          # a string that appears in the middle of the answer
+    cut = base.text.index(stop)
+    res = llama.generate([PROMPTS[2]], SamplingParams(max_new_tokens=24, temperature=0, stop=[stop]))[0]
+    assert res.finish_reason == "stop"
+    assert res.text == base.text[:cut]
+    assert stop not in res.text
+    # streamed: no delta ever shows any part of the stop string past the cut
+    streamed = "".join(d.text for d in llama.stream([PROMPTS[2]], SamplingParams(max_new_tokens=24, temperature=0,
+                                                                                  stop=[stop])))
+    assert streamed == base.text[:cut]
+
+
+def test_stop_id_ends_generation_and_is_not_emitted(llama):
+    base = llama.generate([PROMPTS[3]], SamplingParams(max_new_tokens=16, temperature=0))[0]
+    assert len(base.token_ids) > 4, base
+    stop_id = base.token_ids[3]
+    first = base.token_ids.index(stop_id)
+    res = llama.generate([PROMPTS[3]], SamplingParams(max_new_tokens=16, temperature=0, stop_ids=[stop_id]))[0]
+    assert res.finish_reason == "stop"
+    assert res.token_ids == base.token_ids[:first]
+    assert res.text == llama.tokenizer.decode(base.token_ids[:first])
+
+
+def test_template_stop_ids_are_always_honoured(llama):
+    # </s> is the vicuna end marker: if the model ever emits it, the answer ends there without it
+    _, ids = llama.stops(SamplingParams())
+    assert llama.tokenizer.convert_tokens_to_ids("</s>") in ids
+    for r in llama.generate(PROMPTS, SamplingParams(max_new_tokens=40, temperature=0)):
+        assert "</s>" not in r.text and not set(r.token_ids) & set(ids)
+
+
+def test_per_row_params_and_finish_reasons(llama):
+    params = [SamplingParams(max_new_tokens=n, temperature=0) for n in (2, 7, 1, 4)]
+    batch = llama.generate(PROMPTS, params)
+    solo = [llama.generate([c], p)[0] for c, p in zip(PROMPTS, params)]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in solo]
+    for r, p in zip(batch, params):
+        assert r.finish_reason in ("stop", "length")
+        assert r.completion_tokens <= p.max_new_tokens
+        if r.finish_reason == "length":
+            assert r.completion_tokens == p.max_new_tokens
+
+
+def test_sampling_is_reproducible_per_seed_and_independent_of_batch(llama):
+    p = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.95, top_k=100, seed=1234, stop_ids=[])
+    a = llama.generate([PROMPTS[0]], p)[0]
+    b = llama.generate([PROMPTS[0]], p)[0]
+    assert a.token_ids == b.token_ids
+    in_batch = llama.generate(PROMPTS, [p, *[SamplingParams(max_new_tokens=12, temperature=0.8, seed=s)
+                                           for s in (1, 2, 3)]])[0]
+    assert in_batch.token_ids == a.token_ids
+    others = {tuple(llama.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, temperature=1.0, seed=s))[0]
+                    .token_ids) for s in range(4)}
+    assert len(others) > 1            # different seeds give different samples
+
+
+def test_top_k_one_is_greedy_and_penalty_matches_transformers(llama):
+    greedy = llama.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, temperature=0))[0]
+    k1 = llama.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, temperature=1.5, top_k=1, seed=5))[0]
+    assert k1.token_ids == greedy.token_ids
+    tiny_p = llama.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=9))[0]
+    assert tiny_p.token_ids == greedy.token_ids      # top_p keeps at least the best token
+    pen = SamplingParams(max_new_tokens=12, temperature=0, repetition_penalty=5.0)
+    penalized = llama.generate([PROMPTS[0]], pen)[0]
+    # the reference: transformers' own generate, greedy, with and without its repetition penalty
+    ids = torch.tensor([llama.prompt_ids(PROMPTS[0])])
+    for ours, kw in ((greedy, {}), (penalized, {"repetition_penalty": 5.0})):
+        ref = llama.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                   eos_token_id=None, pad_token_id=llama.pad_id, **kw)[0, ids.shape[1]:].tolist()
+        assert ours.token_ids == ref
+    assert greedy.token_ids[-3:] == [344] * 3            # this tiny model loops on one token...
+    assert len(set(penalized.token_ids)) == len(penalized.token_ids)   # ...which the penalty breaks
+    # a penalized row in a batch with unpenalized neighbours gets the same answer as alone
+    mixed = llama.generate([PROMPTS[1], PROMPTS[0]], [GREEDY, pen])
+    assert mixed[1].token_ids == penalized.token_ids
+    assert mixed[0].token_ids == llama.generate([PROMPTS[1]], GREEDY)[0].token_ids
+
+
+def test_cancel_callback_stops_a_row(llama):
+    p = SamplingParams(max_new_tokens=30, temperature=0, stop_ids=[])
+    deltas = list(llama.stream(PROMPTS[:2], [p, p], cancelled=lambda i: i == 1))
+    row1 = [d for d in deltas if d.index == 1]
+    assert row1[-1].finish_reason == "cancelled"
+    assert len(row1) <= 2              # the first token (from prefill), then cancelled at the next step
+
+
+def test_bad_params_and_context_overflow_are_clear_errors(llama):
+    with pytest.raises(ChatsmithError, match="temperature"):
+        llama.generate([PROMPTS[0]], SamplingParams(temperature=-1))
+    with pytest.raises(ChatsmithError, match="top_p"):
+        llama.generate([PROMPTS[0]], SamplingParams(top_p=0))
+    with pytest.raises(ContextLengthError, match="max_new_tokens=600"):
+        llama.generate([PROMPTS[0]], SamplingParams(max_new_tokens=600))
+    with pytest.raises(ContextLengthError, match="empty"):
+        llama.generate([[]], GREEDY)
+
+
+def test_stop_text_stream_holds_back_possible_stop_prefixes(tiny_tokenizer):
+    ids = tiny_tokenizer("hello USER: bye", add_special_tokens=False).input_ids
+    s = StopTextStream(tiny_tokenizer, ["USER:"])
+    out = "".join(s.add(i) for i in ids)
+    assert s.stopped and out == "hello "
+    # a prefix of a stop string that never completes is released at the end
+    ids = tiny_tokenizer("hello US", add_special_tokens=False).input_ids
+    s = StopTextStream(tiny_tokenizer, ["USER:"])
+    out = "".join(s.add(i) for i in ids)
+    assert out + s.flush() == "hello US" and not s.stopped
+
+
+def test_bf16_engine_runs_and_auto_dtype(tiny_llama):
+    from chatsmith import models
+
+    eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    assert eng.model.dtype == torch.bfloat16
+    r = eng.generate(PROMPTS[:2], GREEDY)
+    assert all(x.finish_reason in ("stop", "length") for x in r)
+    want = torch.bfloat16 if models.cpu_has_fast_bf16() else torch.float32
+    assert models.resolve_dtype("auto") == want
+
+
+def test_lean_llama_step_matches_transformers_and_keeps_bf16_batches_exact(tiny_llama, engines):
+    assert engines["llama"].lean is not None
+    assert engines["gpt_neox"].lean is None and engines["bloom"].lean is None    # the generic path
+    bf = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    assert bf.lean is not None
+    assert bf.lean.packed or not torch.backends.mkldnn.is_available()    # bf16 weights pre-packed for oneDNN
+    plain = HFEngine(bf.model, bf.tokenizer, bf.template, lean=False)
+    solo = [bf.generate([c], GREEDY)[0].token_ids for c in PROMPTS]
+    # batch-1: the lean step and transformers' forward agree token for token
+    assert [plain.generate([c], GREEDY)[0].token_ids for c in PROMPTS] == solo
+    # bf16 batches decode exactly like batch 1 (attention never reduces over padding)
+    assert [r.token_ids for r in bf.generate(PROMPTS, GREEDY)] == solo

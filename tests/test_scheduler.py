@@ -1,0 +1,182 @@
+"""The continuous-batching scheduler on the tiny llama: concurrent clients get their solo answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from chatsmith.conversation import Conversation
+from chatsmith.engine.base import SamplingParams
+from chatsmith.engine.hf import HFEngine
+from chatsmith.engine.scheduler import QueueFull, Scheduler, ShuttingDown
+from chatsmith.errors import ChatsmithError, ContextLengthError
+
+PROMPTS = [Conversation.single("hello " * k) for k in range(1, 9)]
+P = SamplingParams(max_new_tokens=16, temperature=0, stop_ids=[])
+LONG = SamplingParams(max_new_tokens=400, temperature=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    return HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def solo(engine):
+    return [engine.generate([c], P)[0] for c in PROMPTS]
+
+
+def test_concurrent_clients_get_their_solo_greedy_answers(engine, solo):
+    sched = Scheduler(engine, max_batch=4, max_queue=16)
+    results = [None] * len(PROMPTS)
+
+    def client(i):
+        time.sleep(0.005 * i)          # staggered: later ones join a batch already decoding
+        results[i] = sched.submit(PROMPTS[i], P).result()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    sched.shutdown()
+    assert [r.token_ids for r in results] == [r.token_ids for r in solo]
+    assert [r.text for r in results] == [r.text for r in solo]
+    assert [r.prompt_tokens for r in results] == [r.prompt_tokens for r in solo]
+    assert sched.max_rows_seen == 4            # they really shared decode steps, up to max_batch
+    assert sched.steps < sum(r.completion_tokens for r in results)
+    assert sched.active() == 0
+
+
+def test_async_iteration_matches_blocking(engine, solo):
+    sched = Scheduler(engine, max_batch=8)
+
+    async def main():
+        handles = [sched.submit(PROMPTS[i], P) for i in range(3)]
+
+        async def collect(h):
+            return [d async for d in h.aiter()]
+
+        return await asyncio.gather(*(collect(h) for h in handles))
+
+    outs = asyncio.run(main())
+    sched.shutdown()
+    for i, deltas in enumerate(outs):
+        assert "".join(d.text for d in deltas) == solo[i].text
+        assert deltas[-1].finish_reason == solo[i].finish_reason
+        assert all(d.index == 0 for d in deltas)
+
+
+def test_cancel_frees_the_slot_within_a_step(engine, solo):
+    sched = Scheduler(engine, max_batch=1)
+    long = sched.submit(PROMPTS[0], LONG)
+    it = iter(long)
+    next(it)
+    waiting = sched.submit(PROMPTS[1], P)       # only one slot: this waits for it
+    assert sched.active() == 2
+    long.cancel()
+    rest = list(it)
+    assert rest[-1].finish_reason == "cancelled"
+    assert long.completion_tokens < 20
+    assert waiting.result().token_ids == solo[1].token_ids   # the freed slot served the next request
+    assert sched.active() == 0
+    sched.shutdown()
+
+
+def test_abandoned_async_consumer_cancels(engine):
+    sched = Scheduler(engine, max_batch=2)
+
+    async def main():
+        h = sched.submit(PROMPTS[0], LONG)
+        async for _ in h.aiter():
+            break                                   # the client went away
+        return h
+
+    h = asyncio.run(main())
+    deadline = time.time() + 10
+    while sched.active() and time.time() < deadline:
+        time.sleep(0.01)
+    assert sched.active() == 0 and h.cancelled and h.completion_tokens < 50
+    sched.shutdown()
+
+
+def test_queue_full_and_too_long_prompt_raise_before_queuing(engine):
+    sched = Scheduler(engine, max_batch=1, max_queue=2)
+    first = sched.submit(PROMPTS[0], LONG)
+    stream = iter(first)
+    next(stream)                                    # running: it holds the only slot
+    queued = [sched.submit(PROMPTS[1], P), sched.submit(PROMPTS[2], P)]
+    with pytest.raises(QueueFull, match="max_queue=2"):
+        sched.submit(PROMPTS[3], P)
+    assert issubclass(QueueFull, ChatsmithError)
+    with pytest.raises(ContextLengthError, match="max_new_tokens=600"):
+        sched.submit(PROMPTS[0], SamplingParams(max_new_tokens=600))
+    with pytest.raises(ChatsmithError, match="top_p"):
+        sched.submit(PROMPTS[0], SamplingParams(top_p=2.0))
+    assert sched.active() == 3
+    sched.shutdown(drain=False)
+    assert first.finish_reason == "cancelled" and list(stream)[-1].finish_reason == "cancelled"
+    assert all(q.finish_reason == "cancelled" for q in queued)
+
+
+def test_shutdown_drains_in_flight_and_refuses_new(engine, solo):
+    sched = Scheduler(engine, max_batch=2)
+    handles = [sched.submit(PROMPTS[i], P) for i in range(4)]
+    sched.shutdown(drain=True, timeout=60)
+    assert [h.result().token_ids for h in handles] == [r.token_ids for r in solo[:4]]
+    assert all(h.finish_reason in ("stop", "length") for h in handles)
+    with pytest.raises(ShuttingDown):
+        sched.submit(PROMPTS[0], P)
+    assert sched.active() == 0
+
+
+def test_dynamic_batching_for_engines_without_decode_batch(engine, solo):
+    class StreamOnly:           # the interface a backend like llama.cpp offers: stream() only
+        max_context = engine.max_context
+
+        def prompt_ids(self, p):
+            return engine.prompt_ids(p)
+
+        def stream(self, prompts, params, cancelled=None):
+            return engine.stream(prompts, params, cancelled)
+
+    sched = Scheduler(StreamOnly(), max_batch=4)
+    handles = [sched.submit(PROMPTS[i], P) for i in range(5)]
+    assert [h.result().token_ids for h in handles] == [r.token_ids for r in solo[:5]]
+    sched.shutdown()
+
+
+def test_engine_failure_ends_that_batch_with_an_error_and_serving_goes_on(engine, solo):
+    from chatsmith.engine.hf import DecodeBatch
+
+    class FailOnce(DecodeBatch):
+        failed = False
+
+        def step(self):
+            if not FailOnce.failed:
+                FailOnce.failed = True
+                raise RuntimeError("out of memory (simulated)")
+            return super().step()
+
+    class FlakyEngine(HFEngine):
+        def new_batch(self):
+            return FailOnce(self)
+
+    flaky = FlakyEngine(engine.model, engine.tokenizer, engine.template)
+    sched = Scheduler(flaky, max_batch=2)
+    first = sched.submit(PROMPTS[0], P).result()
+    assert first.finish_reason == "error: RuntimeError: out of memory (simulated)"
+    assert sched.submit(PROMPTS[1], P).result().token_ids == solo[1].token_ids
+    sched.shutdown()
