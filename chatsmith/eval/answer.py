@@ -104,10 +104,11 @@ def answers_path(output_dir: Path, system: str) -> Path:
 
 def _generate_local(sys_: SystemSpec, items: list[SuiteItem], *, max_new_tokens: int, temperature: float,
                     batch_size: int, backend: str, template: str | None, seed: int | None, emit,
-                    progress) -> None:
+                    progress, load_in_8bit: bool = False) -> None:
     from chatsmith.engine import SamplingParams, load_engine
 
-    engine = sys_.engine or load_engine(sys_.model, sys_.adapters or None, template, backend=backend)
+    extra = {"load_in_8bit": True} if load_in_8bit and backend == "transformers" else {}
+    engine = sys_.engine or load_engine(sys_.model, sys_.adapters or None, template, backend=backend, **extra)
     try:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         # similar lengths in one batch: less padding
@@ -163,7 +164,7 @@ def answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], o
                  max_new_tokens: int = 256, temperature: float = 0.0, batch_size: int = 8,
                  backend: str = "transformers", template: str | None = None, seed: int | None = 0,
                  limit: int | None = None, concurrency: int = 4, timeout: float = 120.0, retries: int = 4,
-                 backoff: float = 1.0, log=None) -> dict[str, dict[str, int]]:
+                 backoff: float = 1.0, log=None, load_in_8bit: bool = False) -> dict[str, dict[str, int]]:
     """Generate every system's answers on `suite` into `output_dir` (resumable).
 
     systems: {name: spec} where spec is "MODEL[+ADAPTER...]", "openai:URL#MODEL", a dict
@@ -218,7 +219,8 @@ def answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], o
                 else:
                     _generate_local(s, todo, max_new_tokens=max_new_tokens, temperature=temperature,
                                     batch_size=batch_size, backend=backend, template=template, seed=seed, emit=emit,
-                                    progress=lambda n, t, name=s.name: log(f"{name}: {n}/{t}"))
+                                    progress=lambda n, t, name=s.name: log(f"{name}: {n}/{t}"),
+                                    load_in_8bit=load_in_8bit)
         # compact: the latest line per id, suite order, failures last so they stay visible
         rows, _ = read_jsonl_lenient(path)
         latest: dict[str, dict] = {}
@@ -265,6 +267,7 @@ def configure_answer(p) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
+    p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights: bitsandbytes on a GPU, int8 Linear layers on CPU (transformers backend)")
     p.add_argument("--template", help="prompt template for local models (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=4, help="parallel requests to endpoint systems")
@@ -282,7 +285,8 @@ def run_answer(args) -> int:
     summary = answer_suite(systems, args.suite, args.output, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, batch_size=args.batch_size, backend=args.backend,
                            template=args.template, seed=args.seed, limit=args.limit,
-                           concurrency=args.concurrency, timeout=args.timeout, retries=args.retries)
+                           concurrency=args.concurrency, timeout=args.timeout, retries=args.retries,
+                           load_in_8bit=args.load_in_8bit)
     for name, st in summary.items():
         print(f"{name}: {st['done']} answered ({st['new']} new, {st['skipped']} resumed), {st['errors']} failed")
     return 1 if any(st["errors"] for st in summary.values()) else 0
