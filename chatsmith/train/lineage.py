@@ -1,0 +1,60 @@
+"""Where a trained model came from: base model and its hash, data file hashes, template, full config, stages,
+chatsmith version and git commit. Written to lineage.json and into chatsmith.json."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import chatsmith
+from chatsmith.train.data import file_sha256
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def model_hash(path: Path) -> str | None:
+    """sha256 over the model's weight files (name + content), cached per (file, size, mtime)."""
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _HASH_CACHE:
+            _HASH_CACHE[key] = file_sha256(f)
+        h.update(f.name.encode() + b"\0" + _HASH_CACHE[key].encode())
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    root = Path(chatsmith.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=False, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def data_entries(files: list[Path]) -> list[dict[str, Any]]:
+    return [{"path": str(f), "sha256": file_sha256(f), "bytes": f.stat().st_size} for f in files]
+
+
+def base_lineage(*, model: str, model_path: Path, template: dict, config: dict) -> dict[str, Any]:
+    return {
+        "base_model": model,
+        "base_model_path": str(model_path),
+        "base_model_sha256": model_hash(model_path),
+        "template": template,
+        "config": config,
+        "stages": [],
+        "chatsmith_version": chatsmith.__version__,
+        "git_commit": git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

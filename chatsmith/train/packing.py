@@ -1,0 +1,134 @@
+"""Packing several samples into one row, and the collators.
+
+A packed row carries `position_ids` that restart at 0 for every sample and no `attention_mask`. transformers
+(v5 masking_utils.find_packed_sequence_indices) reads a restart in the positions as a sequence boundary and
+builds a block-diagonal causal mask for sdpa/eager (flash-attention uses the same positions as varlen
+boundaries), so samples neither attend to each other nor see shifted positions. The first label of every
+sample is masked so the last token of one sample is never trained to predict the next sample's first token.
+
+Architectures whose attention ignores position_ids (bloom's ALiBi) cannot be packed this way;
+`supports_packing` says so and training falls back to length-grouped padding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import random
+from typing import Any
+
+import torch
+
+from chatsmith.templates import IGNORE_INDEX
+from chatsmith.train.data import Example
+
+
+def pack(examples: list[Example], max_length: int, seed: int) -> list[dict[str, list[int]]]:
+    """Best-fit packing of a seeded shuffle into rows of at most max_length tokens. Deterministic for a seed,
+    so a resumed run rebuilds exactly the same rows."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: -len(examples[i]))           # stable: equal lengths keep the shuffled order
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []                      # sorted (space left, row index)
+    for i in order:
+        n = len(examples[i])
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            space, r = free.pop(k)
+            rows[r].append(i)
+            if space - n > 0:
+                bisect.insort(free, (space - n, r))
+        else:
+            rows.append([i])
+            if max_length - n > 0:
+                bisect.insort(free, (max_length - n, len(rows) - 1))
+    random.Random(seed + 1).shuffle(rows)                 # long and short rows interleaved over the epoch
+    return [row_features([examples[i] for i in row]) for row in rows]
+
+
+def row_features(samples: list[Example]) -> dict[str, list[int]]:
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    for ex in samples:
+        ids += ex.input_ids
+        labels += [IGNORE_INDEX] + ex.labels[1:]
+        pos += list(range(len(ex)))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+def unpacked_features(examples: list[Example]) -> list[dict[str, list[int]]]:
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+
+
+def disable_kv_cache(model: Any) -> Any:
+    """Training needs no KV cache, and with one transformers skips its packed-sequence detection (it only
+    looks at position_ids when there is no cache), so packed samples would attend to each other."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        cfg.use_cache = False
+    return model
+
+
+class PackedCollator:
+    """Rows padded to the longest in the batch. The padding gets its own position run (0, 1, ...), so it is a
+    separate "sample" in the block-diagonal mask, and labels -100; no attention_mask is needed."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, pos, real = [], [], [], 0
+        for r in rows:
+            n = len(r["input_ids"])
+            pad = width - n
+            real += n
+            ids.append(r["input_ids"] + [self.pad_id] * pad)
+            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
+            pos.append(r["position_ids"] + list(range(pad)))
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos),
+                "num_real_tokens": torch.tensor(real)}
+
+
+class PaddedCollator:
+    """One sample per row, right-padded with an attention mask (the unpacked / group_by_length path)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, mask, real = [], [], [], 0
+        for r in rows:
+            n = len(r["input_ids"])
+            pad = width - n
+            real += n
+            ids.append(r["input_ids"] + [self.pad_id] * pad)
+            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
+            mask.append([1] * n + [0] * pad)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask),
+                "num_real_tokens": torch.tensor(real)}
+
+
+def supports_packing(model: Any) -> bool:
+    """Position-id packing needs a model whose forward takes position_ids (rotary / learned positions)."""
+    base = model
+    for attr in ("get_base_model",):
+        if hasattr(base, attr):
+            base = base.get_base_model()
+    if getattr(base.config, "model_type", "") in ("bloom", "falcon", "mpt"):   # ALiBi: positions unused
+        return False
+    return "position_ids" in inspect.signature(base.forward).parameters
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, list[int]]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.rows[i]

@@ -1,0 +1,246 @@
+"""HF Trainer setup: arguments from our config, atomic checkpoints, metrics.jsonl and a progress bar with loss
+and tokens/s. There is no training loop here; the Trainer (with accelerate underneath) is the loop, so
+torchrun / `accelerate launch` data parallelism, FSDP and DeepSpeed all come from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from chatsmith.train import checkpoints as ck
+from chatsmith.train.config import ConfigError, TrainConfig
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def training_arguments(cfg: TrainConfig, ckpt_root: Path, dtype: torch.dtype, has_val: bool) -> TrainingArguments:
+    on_gpu = torch.cuda.is_available()
+    eval_steps = cfg.eval_steps or cfg.save_steps
+    if has_val and cfg.save_steps % eval_steps:
+        raise ConfigError(f"save_steps ({cfg.save_steps}) must be a multiple of eval_steps ({eval_steps}) so the "
+                          "best checkpoint can be kept")
+    warmup: float = cfg.warmup_steps if cfg.warmup_steps else cfg.warmup_ratio   # < 1 means a ratio in v5
+    accumulation = cfg.gradient_accumulation
+    if cfg.global_batch_size:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        per_step = cfg.batch_size * world
+        if cfg.global_batch_size % per_step:
+            raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a multiple of batch_size "
+                              f"{cfg.batch_size} x {world} device(s)")
+        accumulation = cfg.global_batch_size // per_step
+    sampling = "group_by_length" if (cfg.group_by_length and not cfg.packing) else "random"
+    return TrainingArguments(
+        output_dir=str(ckpt_root),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=warmup,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_epsilon=cfg.adam_epsilon,
+        optim=cfg.optimizer,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not on_gpu,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=None,                 # rotation is ours: it must only count complete checkpoints
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=eval_steps if has_val else None,
+        load_best_model_at_end=has_val,
+        metric_for_best_model="eval_loss" if has_val else None,
+        greater_is_better=False if has_val else None,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.dataloader_workers,
+        ddp_backend=_ddp_backend(cfg, on_gpu),
+        ddp_find_unused_parameters=False,
+        train_sampling_strategy=sampling,
+        save_only_model=False,
+        prediction_loss_only=True,             # eval_loss is all we use; don't gather logits
+    )
+
+
+def _ddp_backend(cfg: TrainConfig, on_gpu: bool) -> str | None:
+    """gloo for CPU data parallelism; nothing at all in a single process (a backend there makes accelerate
+    expect a process group)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return cfg.ddp_backend or (None if on_gpu else "gloo")
+
+
+class ChatsmithTrainer(Trainer):
+    """Trainer with atomic, marker-completed checkpoints and a count of real (non-padding) tokens."""
+
+    def __init__(self, *args, save_total_limit: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.real_tokens = 0
+        self._staging: str | None = None
+        self._limit = save_total_limit
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n = inputs.pop("num_real_tokens", None)
+        if n is not None and model.training:
+            self.real_tokens += int(n)
+        if "labels" in inputs and accepts_logits_to_keep(self.model):
+            inputs = only_trained_logits(inputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        root = Path(self.args.output_dir)
+        step = self.state.global_step
+        staging = root / f".staging-{step}"
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self._barrier()                          # every rank has written its RNG state into staging
+        final = root / f"checkpoint-{step}"
+        if self.args.should_save:
+            staged = staging / final.name
+            ck.fix_state_paths(staged / "trainer_state.json", staging, root)
+            ck.publish(staged, final)
+            staging.rmdir() if staging.exists() and not any(staging.iterdir()) else None
+            best = None
+            if self.state.best_global_step:
+                cand = root / f"checkpoint-{self.state.best_global_step}"
+                if ck.is_complete(cand):
+                    best = cand
+                    self.state.best_model_checkpoint = str(cand)
+            ck.rotate(root, self._limit, keep=best)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def only_trained_logits(inputs: dict) -> dict:
+    """Project onto the vocabulary only where a label is trained. The prompt positions of an SFT batch need no
+    logits; with a 49k vocabulary the lm_head and the fp32 cross-entropy over them are a large share of a small
+    model's step. The loss is the same: the model's loss function gets the matching shifted labels."""
+    labels = inputs["labels"]
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+    keep = (shifted != -100).any(0).nonzero().squeeze(-1)
+    return {**inputs, "logits_to_keep": keep, "shift_labels": shifted[:, keep].contiguous()}
+
+
+class MetricsCallback(TrainerCallback):
+    """Every log line (loss, lr, eval_loss, tokens/s) appended to metrics.jsonl, and a tqdm bar with loss and
+    tokens/s on the main process."""
+
+    def __init__(self, path: Path, trainer_ref: list, resume_step: int = 0, stage: str = "main"):
+        self.path = path
+        self.trainer_ref = trainer_ref
+        self.stage = stage
+        self.bar = None
+        self.t0 = time.time()
+        self.tok0 = 0
+        self.last_loss: float | None = None
+        self.tps = 0.0
+        if is_main_process():
+            truncate_metrics(path, resume_step, stage)
+
+    def _tokens(self) -> int:
+        return self.trainer_ref[0].real_tokens if self.trainer_ref else 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        if is_main_process():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=f"train {self.stage}",
+                            unit="step", dynamic_ncols=True)
+        self.t0, self.tok0 = time.time(), self._tokens()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.n = state.global_step
+            dt = time.time() - self.t0
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            self.tps = (self._tokens() - self.tok0) * world / dt if dt > 0 else 0.0
+            post = {"tok/s": f"{self.tps:,.0f}"}
+            if self.last_loss is not None:
+                post = {"loss": f"{self.last_loss:.4f}", **post}
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.refresh()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not is_main_process() or not logs:
+            return
+        if "loss" in logs:
+            self.last_loss = float(logs["loss"])
+        row = {"stage": self.stage, "step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs}
+        if "loss" in logs:
+            row["tokens_per_s"] = round(self.tps, 1)
+            row["tokens_seen"] = self._tokens() * int(os.environ.get("WORLD_SIZE", "1"))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def truncate_metrics(path: Path, step: int, stage: str) -> None:
+    """On resume, forget this stage's log lines from after the checkpoint (they will be logged again); on a
+    fresh start, forget all of this stage's lines."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("stage") != stage or (step and row.get("step", 0) <= step):
+            keep.append(line)
+    path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+
+
+def param_checksum(model: Any) -> float:
+    """A float fingerprint of the trainable weights (to compare ranks)."""
+    total = 0.0
+    for i, p in enumerate(p for p in model.parameters() if p.requires_grad):
+        total += float(p.detach().double().sum()) * (1 + (i % 7) * 1e-3)
+    return total
+
+
+def gather_checksums(model: Any) -> list[float]:
+    mine = param_checksum(model)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        out: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, mine)
+        return [float(x) for x in out]
+    return [mine]

@@ -1,0 +1,89 @@
+"""Training config: YAML + flags, unknown keys and bad values as clear errors, the seeds' recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatsmith.cli import main
+from chatsmith.train.config import ConfigError, load_config, parse_config
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def test_unknown_keys_are_errors_with_a_hint(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: smollm2\nlerning_rate: 1e-4\nlora:\n  rank: 8\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg
+    assert "unknown key 'lerning_rate' (did you mean 'learning_rate'?)" in msg
+    assert "unknown key 'lora.rank'" in msg
+    with pytest.raises(ConfigError, match=r"stages\.0\.learnin_rate.*did you mean 'learning_rate'"):
+        parse_config({"stages": [{"name": "f1", "learnin_rate": 1}]})
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ConfigError, match="learning_rate"):
+        parse_config({"learning_rate": -1})
+    with pytest.raises(ConfigError, match="method"):
+        parse_config({"method": "dpo"})
+    with pytest.raises(ConfigError, match="duplicate stage names"):
+        parse_config({"data": "x", "stages": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_flags_override_yaml_and_stages_inherit(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: d.jsonl\nlearning_rate: 1.0e-4\nlora: {r: 4}\nstages:\n  - {name: f1}\n"
+                 "  - {name: f2, data: e.jsonl, epochs: 2, start: merged}\n")
+    cfg = load_config(p, {"learning_rate": "3e-4", "lora.r": "32", "packing": "false",
+                          "lora.target_modules": "q_proj,v_proj"})
+    assert cfg.learning_rate == 3e-4 and cfg.lora.r == 32 and cfg.packing is False
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    (n1, _s1, c1), (n2, s2, c2) = cfg.stage_configs()
+    assert (n1, c1.data, c1.epochs, c1.learning_rate) == ("f1", "d.jsonl", 1.0, 3e-4)
+    assert (n2, s2, c2.data, c2.epochs, c2.learning_rate) == ("f2", "merged", "e.jsonl", 2.0, 3e-4)
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: d.jsonl\nbatchsize: 4\n")
+    assert main(["train", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chatsmith: ") and "unknown key 'batchsize' (did you mean 'batch_size'?)" in err
+    assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--template", "chatml",
+                 "--model", "smollm2", "--dry-run"]) == 2
+    assert "missing.jsonl: no such data file" in capsys.readouterr().err
+
+
+def test_recipes_validate():
+    st = load_config(RECIPES / "stablelm-tuned-alpha-7b.yaml")
+    assert (st.global_batch_size, st.learning_rate, st.warmup_steps, st.weight_decay) == (128, 2e-5, 100, 0.01)
+    assert (st.adam_beta1, st.adam_beta2, st.precision, st.optimizer, st.method) == (0.9, 0.99, "fp16", "adamw_torch",
+                                                                                     "full")
+    assert st.template == "stablelm" and len(st.data) == 5
+    ab = load_config(RECIPES / "airoboros-13b-gpt4.yaml")
+    assert ab.method == "full" and ab.template == "airoboros" and ab.max_length == 2048
+    dr = load_config(RECIPES / "dreamer-13b-lora-hotstart.yaml")
+    assert [s[0] for s in dr.stage_configs()] == ["f1", "f2", "f3"]
+    assert all(start == "adapter" for _, start, _ in dr.stage_configs()) and dr.method == "lora"
+    assert dr.template == "dreamer_zh" and dr.train_on_inputs is False
+    demo = load_config(RECIPES / "smollm2-lora-demo.yaml")
+    assert demo.model == "smollm2" and demo.method == "lora"
+
+
+def test_demo_recipe_dry_run_checks_data_and_model(smollm2_path, capsys):
+    assert main(["train", str(RECIPES / "smollm2-lora-demo.yaml"), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "training rows" in err and "not training (--dry-run)" in err
+
+
+def test_accelerate_example_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {p.name: str(load_config_from_file(str(p)).distributed_type).split(".")[-1]
+             for p in (RECIPES.parent / "examples" / "accelerate").glob("*.yaml")}
+    assert kinds == {"cpu-ddp.yaml": "MULTI_CPU", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
+                     "deepspeed-zero2.yaml": "DEEPSPEED", "deepspeed-zero3.yaml": "DEEPSPEED"}

@@ -1,0 +1,118 @@
+"""Packing: several samples per row with no attention or position leakage. The per-sample loss of a packed row
+must equal the loss of each sample run alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatsmith.conversation import Conversation
+from chatsmith.templates import IGNORE_INDEX, get_template
+from chatsmith.train.data import Example, tokenize
+from chatsmith.train.packing import (
+    PackedCollator,
+    PaddedCollator,
+    disable_kv_cache,
+    pack,
+    supports_packing,
+)
+
+CONVS = [
+    Conversation.from_dict({"messages": [{"role": "user", "content": f"What is the capital of France? {i}"},
+                                         {"role": "assistant", "content": "The capital of France is Paris. " * (i % 3 + 1)}]})
+    for i in range(7)
+]
+
+
+def _examples(tok, max_length=512):
+    rows = [(c, f"row {i}") for i, c in enumerate(CONVS)]
+    return tokenize(rows, get_template("vicuna_v1.1"), tok, max_length=max_length, train_on_inputs=False).examples
+
+
+def _per_token_loss(model, batch):
+    logits = model(**{k: v for k, v in batch.items() if k != "num_real_tokens" and k != "labels"}).logits.float()
+    labels = batch["labels"]
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                             shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    return loss.view(shift_labels.shape), shift_labels != IGNORE_INDEX
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_packed_loss_equals_unpacked(arch, tiny_root):
+    import tiny
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny.build(arch, tiny_root)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
+    disable_kv_cache(model)   # as training does: with a cache transformers ignores the packed positions
+    assert supports_packing(model)
+    examples = _examples(tok)
+    rows = pack(examples, max_length=240, seed=0)
+    assert len(rows) < len(examples), "nothing was packed"
+    assert max(len(r["input_ids"]) for r in rows) <= 240
+    # every sample restarts its positions at 0
+    assert sum(1 for r in rows for p in r["position_ids"] if p == 0) == len(examples)
+
+    with torch.no_grad():
+        alone = {}
+        for ex in examples:
+            loss, mask = _per_token_loss(model, PaddedCollator(tok.pad_token_id)(
+                [{"input_ids": ex.input_ids, "labels": ex.labels}]))
+            alone[tuple(ex.input_ids)] = loss[mask]
+        batch = PackedCollator(tok.pad_token_id)(rows)
+        loss, mask = _per_token_loss(model, batch)
+    checked = 0
+    for b, row in enumerate(rows):
+        start = 0
+        for p_i, p in enumerate(row["position_ids"] + [0]):
+            if p == 0 and p_i > 0:
+                ids = tuple(row["input_ids"][start:p_i])
+                # token t predicts t+1: this sample's predictions live at shifted positions start..p_i-2
+                got = loss[b, start:p_i - 1][mask[b, start:p_i - 1]]
+                want = alone[ids]
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+                checked += 1
+                start = p_i
+    assert checked == len(examples)
+
+
+def test_packing_would_leak_without_position_restart(tiny_llama, tiny_tokenizer):
+    """The check above is meaningful: the same rows with running positions (one sequence) give other losses."""
+    from transformers import AutoModelForCausalLM
+
+    model = disable_kv_cache(AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval())
+    rows = pack(_examples(tiny_tokenizer), max_length=240, seed=0)
+    row = max(rows, key=lambda r: r["position_ids"].count(0))
+    batch = PackedCollator(tiny_tokenizer.pad_token_id)([row])
+    leaky = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1])[None])
+    with torch.no_grad():
+        a, m = _per_token_loss(model, batch)
+        b, _ = _per_token_loss(model, leaky)
+    assert not torch.allclose(a[m], b[m], atol=1e-3)
+
+
+def test_first_label_of_each_packed_sample_is_masked():
+    rows = pack([Example([5, 6, 7], [5, 6, 7]), Example([8, 9], [8, 9])], max_length=16, seed=0)
+    assert len(rows) == 1
+    r = rows[0]
+    starts = [i for i, p in enumerate(r["position_ids"]) if p == 0]
+    assert all(r["labels"][i] == IGNORE_INDEX for i in starts)
+
+
+def test_pack_is_deterministic_and_respects_max_length():
+    exs = [Example(list(range(n)), list(range(n))) for n in (5, 9, 3, 7, 2, 8, 4, 6)]
+    a, b = pack(exs, 12, seed=3), pack(exs, 12, seed=3)
+    assert a == b
+    assert all(len(r["input_ids"]) <= 12 for r in a)
+    assert sum(len(r["input_ids"]) for r in a) == sum(len(e) for e in exs)
+
+
+def test_bloom_falls_back_to_padding(tiny_root):
+    import tiny
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny.build("bloom", tiny_root)))
+    assert not supports_packing(model)
