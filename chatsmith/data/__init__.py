@@ -12,7 +12,6 @@ from chatsmith.data.prepare import TooManyDropped, prepare
 from chatsmith.data.report import format_table
 from chatsmith.data.sources import SourceSpec, parse_input, read_source
 
-format_table_for = format_table  # the printed table of a prepare report (the name the quickstart uses)
 
 
 def samples_dir() -> Path:
@@ -36,5 +35,5 @@ def heldout_contextual() -> Path:
 
 
 __all__ = ["FORMATS", "get_format", "read_conversations", "write_conversations", "prepare", "TooManyDropped",
-           "format_table", "format_table_for",
+           "format_table",
            "SourceSpec", "parse_input", "read_source", "samples_dir", "sample_files", "heldout_contextual"]
