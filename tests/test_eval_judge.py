@@ -258,3 +258,20 @@ def test_cli_answer_and_judge_against_endpoints(tmp_path, cli):
         assert "failures: http_500 1, unparsable 1" in r.stdout
     r = cli("eval", "answer", "--system", "nonsense", "--suite", "qa", "--output", str(out))
     assert r.returncode == 2 and "expected NAME=MODEL" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_endpoint_without_model_names_the_fix_when_models_cannot_be_listed():
+    """`--judge http://HOST/v1` without #MODEL asks /v1/models; if that fails the error says to add #MODEL."""
+    import socket
+
+    from chatsmith.errors import ChatsmithError
+    from chatsmith.eval.client import Endpoint
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ep = Endpoint.parse(f"http://127.0.0.1:{port}/v1")
+    assert ep.model == ""
+    with pytest.raises(ChatsmithError, match="#MODEL"):
+        ep.served_model(timeout=2)
+    assert Endpoint.parse(f"http://127.0.0.1:{port}/v1#judge").served_model().model == "judge"

@@ -141,7 +141,7 @@ def _generate_endpoint(sys_: SystemSpec, items: list[SuiteItem], *, max_new_toke
                        emit) -> None:
     from chatsmith.eval.client import CallFailed, Endpoint, chat_completion
 
-    ep = Endpoint.parse(sys_.endpoint or "")
+    ep = Endpoint.parse(sys_.endpoint or "").served_model()
 
     def one(it: SuiteItem) -> dict:
         conv = it.conversation()

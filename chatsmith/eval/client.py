@@ -24,13 +24,27 @@ class Endpoint:
     api_key: str | None = None
 
     @classmethod
-    def parse(cls, spec: str, default_model: str = "default") -> "Endpoint":
-        """`URL[#MODEL]`, with or without an `openai:` prefix; URL must be http(s)."""
+    def parse(cls, spec: str, default_model: str | None = None) -> "Endpoint":
+        """`URL[#MODEL]`, with or without an `openai:` prefix; URL must be http(s). Without #MODEL (and no
+        default) the model is the first one the endpoint lists at /v1/models (see `served_model`)."""
         s = spec[len("openai:"):] if spec.startswith("openai:") else spec
         url, _, model = s.partition("#")
         if not url.startswith(("http://", "https://")):
             raise ChatsmithError(f"endpoint {spec!r}: expected openai:http(s)://HOST[:PORT]/v1#MODEL")
-        return cls(url.rstrip("/"), model or default_model)
+        return cls(url.rstrip("/"), model or default_model or "")
+
+    def served_model(self, timeout: float = 30.0) -> "Endpoint":
+        """This endpoint with its model filled in from GET /v1/models when none was named."""
+        if self.model:
+            return self
+        try:
+            listed = [m.id for m in client_for(self, timeout).models.list()]
+        except Exception as e:  # noqa: BLE001 - any failure here means the user must name the model
+            raise ChatsmithError(f"endpoint {self.base_url}: no #MODEL given and /v1/models failed ({e}); "
+                                 f"use {self.base_url}#MODEL") from None
+        if not listed:
+            raise ChatsmithError(f"endpoint {self.base_url}: /v1/models lists no model; use {self.base_url}#MODEL")
+        return Endpoint(self.base_url, listed[0], self.api_key)
 
 
 class CallFailed(Exception):

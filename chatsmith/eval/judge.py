@@ -273,7 +273,7 @@ def judge_endpoint(spec: str, backend: str = "transformers") -> Iterator[tuple[A
     from chatsmith.eval.client import Endpoint
 
     if spec.startswith(("http://", "https://", "openai:")):
-        ep = Endpoint.parse(spec, default_model=os.environ.get("CHATSMITH_JUDGE_MODEL", "default"))
+        ep = Endpoint.parse(spec, default_model=os.environ.get("CHATSMITH_JUDGE_MODEL")).served_model()
         yield ep, f"{ep.model}@{ep.base_url}"
         return
     with local_server(spec, backend=backend) as (url, model_id):
