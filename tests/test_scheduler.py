@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chatsmith.conversation import Conversation
-from chatsmith.engine.base import SamplingParams
+from chatsmith.engine.base import Engine, SamplingParams
 from chatsmith.engine.hf import HFEngine
 from chatsmith.engine.scheduler import QueueFull, Scheduler, ShuttingDown
 from chatsmith.errors import ChatsmithError, ContextLengthError
@@ -143,7 +143,7 @@ def test_shutdown_drains_in_flight_and_refuses_new(engine, solo):
 
 
 def test_dynamic_batching_for_engines_without_decode_batch(engine, solo):
-    class StreamOnly:           # the interface a backend like llama.cpp offers: stream() only
+    class StreamOnly(Engine):   # the interface a backend like llama.cpp offers: stream() only
         max_context = engine.max_context
 
         def prompt_ids(self, p):

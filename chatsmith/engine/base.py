@@ -95,6 +95,26 @@ class Engine:
         prompt_lens = [len(self.prompt_ids(p)) for p in prompts]
         return [GenerationResult(t, i, r, n, len(i)) for t, i, r, n in zip(texts, ids, reasons, prompt_lens)]
 
+    def checked_batch(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
+                      ) -> tuple[list[list[int]], list[SamplingParams]]:
+        """Every prompt's ids and params, validated and checked against the context before any work starts."""
+        plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        ids = [self.prompt_ids(p) for p in prompts]
+        for i, (p_ids, p) in enumerate(zip(ids, plist)):
+            p.validate()
+            self.check_fits(p_ids, p, f"prompt {i}")
+        return ids, plist
+
+    def check_fits(self, prompt_ids: Sequence[int], params: SamplingParams, what: str = "prompt") -> None:
+        from chatsmith.errors import ContextLengthError
+
+        if not prompt_ids:
+            raise ContextLengthError(f"{what} is empty")
+        if len(prompt_ids) + params.max_new_tokens > self.max_context:
+            raise ContextLengthError(
+                f"{what} has {len(prompt_ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
+                f"model's context of {self.max_context} tokens")
+
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, Conversation):
             return self.template.render(prompt, self.tokenizer, add_generation_prompt=True).input_ids

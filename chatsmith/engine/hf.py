@@ -28,7 +28,7 @@ from chatsmith.engine import lean_llama
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
 from chatsmith.engine.lean_llama import LeanLlamaDecoder
 from chatsmith.engine.stops import StopTextStream
-from chatsmith.errors import ContextLengthError
+
 
 # (row key, new text, token id or None, finish reason or None)
 Event = tuple[Hashable, str, "int | None", "str | None"]
@@ -73,14 +73,6 @@ class HFEngine(Engine):
         return cls(m, tok, tpl, lean=lean)
 
     # ------------------------------------------------------------------------------------------
-    def check_fits(self, prompt_ids: Sequence[int], params: SamplingParams, what: str = "prompt") -> None:
-        if not prompt_ids:
-            raise ContextLengthError(f"{what} is empty")
-        if len(prompt_ids) + params.max_new_tokens > self.max_context:
-            raise ContextLengthError(
-                f"{what} has {len(prompt_ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
-                f"model's context of {self.max_context} tokens")
-
     def new_batch(self) -> "DecodeBatch":
         return DecodeBatch(self)
 
@@ -89,11 +81,7 @@ class HFEngine(Engine):
         n = len(prompts)
         if n == 0:
             return
-        plist = list(params) if isinstance(params, (list, tuple)) else [params] * n
-        ids = [self.prompt_ids(p) for p in prompts]
-        for i, (p_ids, p) in enumerate(zip(ids, plist)):
-            p.validate()
-            self.check_fits(p_ids, p, f"prompt {i}")
+        ids, plist = self.checked_batch(prompts, params)
         batch = self.new_batch()
         for i, (p_ids, p) in enumerate(zip(ids, plist)):
             for key, text, tok, fin in batch.add(i, p_ids, p):

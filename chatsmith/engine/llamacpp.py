@@ -19,7 +19,7 @@ from typing import Any
 
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
 from chatsmith.engine.stops import StopTextStream
-from chatsmith.errors import ContextLengthError, ModelLoadError
+from chatsmith.errors import ModelLoadError
 
 DEFAULT_MAX_CONTEXT = 4096   # the KV cache is allocated up front: cap what long-context models ask for
 
@@ -88,15 +88,7 @@ class LlamaCppEngine(Engine):
 
     def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams],
                cancelled: Any = None) -> Iterator[Delta]:
-        plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
-        ids = [self.prompt_ids(p) for p in prompts]
-        for i, (p_ids, p) in enumerate(zip(ids, plist)):
-            if not p_ids:
-                raise ContextLengthError(f"prompt {i} is empty")
-            if len(p_ids) + p.max_new_tokens > self.max_context:
-                raise ContextLengthError(
-                    f"prompt {i} has {len(p_ids)} tokens; with max_new_tokens={p.max_new_tokens} it exceeds the "
-                    f"context of {self.max_context} tokens")
+        ids, plist = self.checked_batch(prompts, params)
         for i, (p_ids, p) in enumerate(zip(ids, plist)):
             yield from self._one(i, p_ids, p, cancelled)
 

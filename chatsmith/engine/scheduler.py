@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import Delta, GenerationResult, SamplingParams
-from chatsmith.errors import ChatsmithError, ContextLengthError
+from chatsmith.errors import ChatsmithError
 
 
 class QueueFull(ChatsmithError):
@@ -154,13 +154,7 @@ class Scheduler:
         params.validate()
         with self._tokenize_lock:     # callers' threads share one Rust tokenizer: encode one at a time
             ids = self.engine.prompt_ids(prompt)
-        limit = self.engine.max_context
-        if not ids:
-            raise ContextLengthError("the prompt is empty")
-        if len(ids) + params.max_new_tokens > limit:
-            raise ContextLengthError(
-                f"the prompt has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
-                f"model's context of {limit} tokens")
+        self.engine.check_fits(ids, params, "the prompt")
         handle = RequestHandle(ids, params)
         with self._cv:
             if not self._accepting:

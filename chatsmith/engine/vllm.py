@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
-from chatsmith.errors import ContextLengthError, ModelLoadError
+from chatsmith.errors import ModelLoadError
 
 _request_ids = itertools.count()
 
@@ -82,15 +82,7 @@ class VLLMEngine(Engine):
                cancelled: Any = None) -> Iterator[Delta]:
         from vllm.inputs import TokensPrompt
 
-        plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
-        ids = [self.prompt_ids(p) for p in prompts]
-        for i, (p_ids, p) in enumerate(zip(ids, plist)):
-            if not p_ids:
-                raise ContextLengthError(f"prompt {i} is empty")
-            if len(p_ids) + p.max_new_tokens > self.max_context:
-                raise ContextLengthError(
-                    f"prompt {i} has {len(p_ids)} tokens; with max_new_tokens={p.max_new_tokens} it exceeds the "
-                    f"context of {self.max_context} tokens")
+        ids, plist = self.checked_batch(prompts, params)
         engine = self.llm.llm_engine
         batch = next(_request_ids)
         rids = [f"chatsmith-{batch}-{i}" for i in range(len(ids))]
