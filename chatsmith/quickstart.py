@@ -143,7 +143,7 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
 Your model is ready. Next:
   chatsmith chat --model {merged}
   chatsmith serve --model {merged}            # OpenAI API on http://127.0.0.1:8000/v1 and a chat page at /
-  chatsmith eval answer --system base={model} --system tuned={merged} --suite context --output {out / 'eval2'}
+  chatsmith eval answer --system base={model} --system tuned={merged} --suite contextual --output {out / 'eval2'}
 """)
     return result
 
