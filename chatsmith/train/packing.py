@@ -71,6 +71,16 @@ def disable_kv_cache(model: Any) -> Any:
     return model
 
 
+def _pad_right(rows: list[dict[str, list[int]]], pad_id: int) -> tuple[list, list, list[int], int]:
+    """Right-pad ids (with pad_id) and labels (with -100) to the longest row: (ids, labels, pad lengths,
+    number of real tokens)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    pads = [width - len(r["input_ids"]) for r in rows]
+    ids = [r["input_ids"] + [pad_id] * pad for r, pad in zip(rows, pads)]
+    labels = [r["labels"] + [IGNORE_INDEX] * pad for r, pad in zip(rows, pads)]
+    return ids, labels, pads, sum(len(r["input_ids"]) for r in rows)
+
+
 class PackedCollator:
     """Rows padded to the longest in the batch. The padding gets its own position run (0, 1, ...), so it is a
     separate "sample" in the block-diagonal mask, and labels -100; no attention_mask is needed."""
@@ -79,15 +89,8 @@ class PackedCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids, labels, pos, real = [], [], [], 0
-        for r in rows:
-            n = len(r["input_ids"])
-            pad = width - n
-            real += n
-            ids.append(r["input_ids"] + [self.pad_id] * pad)
-            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
-            pos.append(r["position_ids"] + list(range(pad)))
+        ids, labels, pads, real = _pad_right(rows, self.pad_id)
+        pos = [r["position_ids"] + list(range(pad)) for r, pad in zip(rows, pads)]
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos),
                 "num_real_tokens": torch.tensor(real)}
 
@@ -99,15 +102,8 @@ class PaddedCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids, labels, mask, real = [], [], [], 0
-        for r in rows:
-            n = len(r["input_ids"])
-            pad = width - n
-            real += n
-            ids.append(r["input_ids"] + [self.pad_id] * pad)
-            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
-            mask.append([1] * n + [0] * pad)
+        ids, labels, pads, real = _pad_right(rows, self.pad_id)
+        mask = [[1] * len(r["input_ids"]) + [0] * pad for r, pad in zip(rows, pads)]
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask),
                 "num_real_tokens": torch.tensor(real)}
 
