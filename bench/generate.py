@@ -6,7 +6,9 @@ Rows (a list of named measurements; each prints tokens/s and its ratio to its ba
   * `generate b1 <dtype>`: plain transformers `model.generate`, greedy, batch 1: the baseline;
   * `engine b1 <dtype> hf-forward`: the chatsmith decode loop calling the transformers forward (CHATSMITH_LEAN=0,
     the path gpt_neox/bloom/adapters take);
-  * `engine b1 <dtype>`: the chatsmith engine as shipped (the lean llama step for llama models);
+  * `engine b1 <dtype>`: the chatsmith engine as shipped (the lean llama step for llama models; in bf16 on a CPU
+    with AVX512-BF16 its matmuls and attention are chatsmith's own kernels, engine/kernels/decode_bf16.c: the
+    header line names the matmul in use; CHATSMITH_KERNELS=0 measures the oneDNN path instead);
   * `engine b8 <dtype>`: 8 prompts at once (tokens/s summed over the batch);
   * `bandwidth limit <dtype>`: measured memory read bandwidth (a streaming sum, same threads) / bytes of weights
     read per token: the batch-1 ceiling (the issue's target: engine b1 >= 70% of it).
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {m.name: m for m in rows}
 
     print(f"\n{args.model}: decode tokens/s, {args.tokens} new tokens, best of {args.repeats}, "
-          f"{torch.get_num_threads()} thread(s)")
+          f"{torch.get_num_threads()} thread(s); bf16 matmul: "
+          f"{engines['bf16'].lean.matmul if engines['bf16'].lean else 'transformers'}")
     print(f"{'measurement':32} {'tok/s':>9} {'ratio':>8} {'tok/cpu-s':>10} {'ratio':>8}  against")
     for m in rows:
         base = by_name.get(m.baseline) if m.baseline else None

@@ -114,7 +114,8 @@ def main() -> int:
     ref = models.resolve(args.model)
     tok = models.load_tokenizer(ref)
     counts = [int(c) for c in args.clients.split(",")]
-    tf = shutil.which("transformers")
+    beside = Path(sys.executable).parent / "transformers"      # the venv's CLI, even when the venv is not active
+    tf = str(beside) if beside.exists() else shutil.which("transformers")
     servers = {
         "chatsmith": lambda port: ([sys.executable, "-m", "chatsmith", "serve", "--model", args.model, "--port",
                                     str(port), "--model-name", "m", "--max-batch", "16"], "m"),

@@ -60,3 +60,16 @@ def run_cli(*args: str, input: str | None = None, timeout: int = 600, env: dict 
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): on 2
+    shared cores two spinning OpenMP threads make a forward pass several times slower in wall time (measured: 5x16
+    greedy tokens on smollm2, 103 s with 2 threads vs 10 s with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

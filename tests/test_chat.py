@@ -17,16 +17,10 @@ from chatsmith.conversation import Conversation, Message
 from chatsmith.engine.base import SamplingParams
 from chatsmith.engine.hf import HFEngine
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}   # 2 shared cores: one thread is much faster than two fighting
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,10 @@ from chatsmith.engine.hf import HFEngine
 from chatsmith.export.gguf import export_gguf
 from chatsmith.templates.base import bos_prefix_ids
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 llama_cpp = pytest.importorskip("llama_cpp")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core CI box two spinning OpenMP threads make a forward pass ~10x
-    slower in wall time (measured: 5x16 greedy tokens on smollm2, 103 s with 2 threads vs 10 s with 1)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "How do I add two numbers in Python?",
              "Name three colors.", "Say hello in German."]

@@ -20,17 +20,7 @@ PROMPTS = [[5, 40, 41, 42, 100, 200], [7, 300, 12, 13, 14, 15], [9, 9, 9, 250, 2
 # fp32 merge: W + B@A*s folded once; the only difference left is summation order.
 ATOL = 1e-4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core CI box two spinning OpenMP threads make a forward pass ~10x
-    slower in wall time (measured: 5x16 greedy tokens on smollm2, 103 s with 2 threads vs 10 s with 1)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 def make_lora(base: Path, out: Path, *, seed: int, targets=("q_proj", "v_proj", "down_proj"),

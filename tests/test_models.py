@@ -11,15 +11,9 @@ from chatsmith.engine import load_engine
 from chatsmith.engine.base import SamplingParams
 from chatsmith.errors import ModelLoadError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_tiny_models_load_and_generate(tiny_model):

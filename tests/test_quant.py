@@ -12,15 +12,9 @@ from chatsmith.conversation import Conversation, Message
 from chatsmith.engine import SamplingParams
 from chatsmith.engine.hf import HFEngine
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 IDS = [[5, 40, 41, 42, 100, 200, 300, 17, 18, 19], [7, 300, 12, 13, 14, 15, 16, 250, 251, 252]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)   # two spinning OpenMP threads on the shared 2-core box are ~10x slower
-    yield
-    torch.set_num_threads(before)
 
 
 def logits(model, ids=IDS) -> torch.Tensor:

@@ -15,17 +15,11 @@ from chatsmith.engine.hf import HFEngine
 from chatsmith.engine.scheduler import QueueFull, Scheduler, ShuttingDown
 from chatsmith.errors import ChatsmithError, ContextLengthError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 PROMPTS = [Conversation.single("hello " * k) for k in range(1, 9)]
 P = SamplingParams(max_new_tokens=16, temperature=0, stop_ids=[])
 LONG = SamplingParams(max_new_tokens=400, temperature=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,9 @@ from chatsmith.conversation import Conversation
 from chatsmith.engine.base import SamplingParams
 from chatsmith.serve.background import Served
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 MODEL_ID = "tiny"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models decode fastest on one thread; on a busy 2-core machine two threads thrash (40x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ import pytest
 
 from chatsmith.serve.background import Served
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 MODEL_ID = "tiny"
 KEY = "sk-test-1234"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -115,17 +117,6 @@ BAD = [
     ("body over the size limit", "POST", CHAT_URL, chat(messages=[{"role": "user", "content": "x" * 5_000_000}]),
      {}, 413, None),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models decode fastest on one thread; on a busy 2-core machine two threads thrash (40x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

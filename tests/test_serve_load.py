@@ -16,18 +16,10 @@ import pytest
 
 from chatsmith.serve.background import Served
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
+
 MODEL_ID = "tiny"
 CLIENTS = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 async def one_client(client: httpx.AsyncClient, url: str, i: int, rng: random.Random) -> dict:

@@ -162,8 +162,12 @@ class DecodeBatch:
         if eng._takes_logits_to_keep:
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
-            out = self.model(input_ids=ids, **kwargs)
-            logits = out.logits[:, -1, :].float()
+            if eng.lean is not None:
+                logits, cache = eng.lean.prefill(ids)
+                logits = logits.float()
+            else:
+                out = self.model(input_ids=ids, **kwargs)
+                logits, cache = out.logits[:, -1, :].float(), out.past_key_values
             seen = None
             if params.repetition_penalty != 1.0:
                 seen = torch.zeros((1, logits.shape[-1]), dtype=torch.bool, device=self.device)
@@ -173,7 +177,7 @@ class DecodeBatch:
         if event[3] is not None:
             return [event]
         with torch.inference_mode():
-            self._merge(row, out.past_key_values, seen, logits.shape[-1])
+            self._merge(row, cache, seen, logits.shape[-1])
         return [event]
 
     def _merge(self, row: _Row, cache: Any, seen: torch.Tensor | None, vocab: int) -> None:

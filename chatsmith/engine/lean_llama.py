@@ -4,7 +4,8 @@ At batch 1 a small model's decode step is dominated by per-op Python and framewo
 transformers' LlamaForCausalLM runs ~40 modules and mask/cache bookkeeping per layer. This step does the same
 math with ~15 tensor ops per layer: q/k/v and gate/up projections fused into one matmul each, rotary embedding
 from the model's own rotary module, the KV cache appended in place of the transformers Cache bookkeeping, one
-SDPA call with a boolean padding mask. Its logits are bit-identical to transformers' on this CPU (tested).
+SDPA call with a boolean padding mask. With torch's matmuls its logits are bit-identical to transformers' on this
+CPU (tested); bf16 on a CPU with AVX512-BF16 uses chatsmith's own GEMV instead (see `_pick_linear`).
 
 Only used where it provably applies (a plain LlamaForCausalLM with nn.Linear projections, no biases, SiLU, no
 adapters or quantization); everything else (gpt_neox, bloom, peft, int8) takes the transformers forward.
@@ -39,7 +40,7 @@ def supports(model: Any) -> bool:
 
 
 class LeanLlamaDecoder:
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, kernel: bool = True):
         cfg = model.config
         self.model = model
         self.heads = cfg.num_attention_heads
@@ -58,9 +59,12 @@ class LeanLlamaDecoder:
         self.rotary = model.model.rotary_emb
         self.norm = model.model.norm.weight
         self.lm_head = model.lm_head.weight
-        self.linear = F.linear
-        self.packed = _prepack(self)
+        self.linear, self.matmul = _pick_linear(self, kernel)   # matmul: which kernel, in words
+        self.attend_kernel = None
+        if self.matmul.startswith("chatsmith"):
+            from chatsmith.engine import kernels
 
+            self.attend_kernel = kernels.bf16_attend()     # all rows in one call, each over its own keys
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # exactly LlamaRMSNorm: in float32, back to the input dtype, then the weight
@@ -72,6 +76,31 @@ class LeanLlamaDecoder:
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One prompt, ids (1, L): the last position's (1, vocab) logits and a new transformers DynamicCache.
+
+        The same layers as `step`, over L positions with causal attention: the matmuls take the oneDNN-packed
+        weights (AMX) where transformers' forward would call aten::mm, about 2x faster prefill here."""
+        from transformers import DynamicCache
+
+        n = ids.shape[1]
+        cache = DynamicCache(config=self.model.config)
+        h = self.embed(ids)
+        cos, sin = self.rotary(h, torch.arange(n, device=ids.device).unsqueeze(0))
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
+        nqk = nh + nkv
+        for i, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
+            qkv = self.linear(self._rms(h, ln1), qkv_w)
+            qk = self._rotate(qkv[..., :nqk * hd].view(1, n, nqk, hd).transpose(1, 2), cos, sin)
+            keys, values = cache.update(qk[:, nh:].contiguous(),
+                                        qkv[..., nqk * hd:].view(1, n, nkv, hd).transpose(1, 2).contiguous(), i)
+            o = F.scaled_dot_product_attention(qk[:, :nh], keys, values, is_causal=n > 1, enable_gqa=nkv != nh)
+            h = h + self.linear(o.transpose(1, 2).reshape(1, n, nh * hd), o_w)
+            gate, up = self.linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
+            h = h + self.linear(F.silu(gate) * up, down_w)
+        return self.linear(self._rms(h[:, -1:], self.norm), self.lm_head)[:, -1, :], cache
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, starts: list[int], cache: Any) -> torch.Tensor:
         """tokens, positions: (B, 1); starts: per row, the first cache column that is not left padding;
@@ -94,17 +123,44 @@ class LeanLlamaDecoder:
             return torch.cat([F.scaled_dot_product_attention(q[i:i + 1], keys[i:i + 1, :, s:], values[i:i + 1, :, s:],
                                                              enable_gqa=gqa) for i, s in enumerate(starts)])
 
+        nqk = nh + nkv
         for (ln1, qkv_w, o_w, ln2, gu_w, down_w), cl in zip(self.layers, cache.layers):
-            q, k, v = self.linear(self._rms(h, ln1), qkv_w).split(self.split, dim=-1)
-            q = self._rotate(q.view(b, 1, nh, hd).transpose(1, 2), cos, sin)
-            k = self._rotate(k.view(b, 1, nkv, hd).transpose(1, 2), cos, sin)
-            cl.keys = torch.cat([cl.keys, k], dim=-2)
-            cl.values = torch.cat([cl.values, v.view(b, 1, nkv, hd).transpose(1, 2)], dim=-2)
-            o = attend(q, cl.keys, cl.values)
-            h = h + self.linear(o.transpose(1, 2).reshape(b, 1, nh * hd), o_w)
+            qkv = self.linear(self._rms(h, ln1), qkv_w)
+            # q and k heads rotate in one pass (the same elementwise math as rotating each)
+            qk = self._rotate(qkv[..., :nqk * hd].view(b, 1, nqk, hd).transpose(1, 2), cos, sin)
+            keys, values = _append(cl, qk[:, nh:], qkv[..., nqk * hd:].view(b, 1, nkv, hd).transpose(1, 2))
+            if self.attend_kernel is not None:
+                o = self.attend_kernel(qk[:, :nh].reshape(b, nh, hd).contiguous(), keys, values, starts,
+                                       hd ** -0.5).view(b, 1, nh * hd)
+            else:
+                o = attend(qk[:, :nh], keys, values).transpose(1, 2).reshape(b, 1, nh * hd)
+            h = h + self.linear(o, o_w)
             gate, up = self.linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
             h = h + self.linear(F.silu(gate) * up, down_w)
         return self.linear(self._rms(h, self.norm), self.lm_head)[:, -1, :]
+
+
+CACHE_GROWTH = 256    # KV columns added per reallocation
+
+
+def _append(layer: Any, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append one column to a cache layer in place: its keys/values become views of a buffer with spare columns,
+    so a step writes one column instead of copying the whole cache (torch.cat) as transformers' DynamicCache does.
+    Whenever the batch reshapes the cache (a row joins or leaves: new tensors), the buffer is rebuilt."""
+    n = layer.keys.shape[-2]
+    buf = getattr(layer, "_chatsmith_buffer", None)
+    if buf is None or buf[0].data_ptr() != layer.keys.data_ptr() or buf[1].data_ptr() != layer.values.data_ptr() \
+            or buf[0].shape[:2] != layer.keys.shape[:2] or n >= buf[0].shape[-2] \
+            or buf[0].stride() != layer.keys.stride():
+        shape = (*layer.keys.shape[:2], n + CACHE_GROWTH, layer.keys.shape[-1])
+        buf = (layer.keys.new_empty(shape), layer.values.new_empty(shape))
+        buf[0][:, :, :n] = layer.keys
+        buf[1][:, :, :n] = layer.values
+        layer._chatsmith_buffer = buf
+    buf[0][:, :, n:n + 1] = k
+    buf[1][:, :, n:n + 1] = v
+    layer.keys, layer.values = buf[0][:, :, :n + 1], buf[1][:, :, :n + 1]
+    return layer.keys, layer.values
 
 
 def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:
@@ -122,32 +178,59 @@ def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:
 PREPACK_MAX_BYTES = 4 * 2**30
 
 
-def _prepack(dec: LeanLlamaDecoder) -> bool:
-    """bf16 on CPU: hand oneDNN its weights pre-packed (the layout its AMX/AVX512-BF16 kernels read) instead of
-    letting every call re-pack them. Measured here: 1.25x faster at batch 1, 1.5x at batch 8, bit-identical
-    results. fp32 gains nothing (MKL is already fast at it). The packed copies double the layer weights'
-    memory (prefill still runs transformers' forward on the originals), so only small models get them."""
+def _pick_linear(dec: "LeanLlamaDecoder", kernel: bool) -> tuple[Any, str]:
+    """The matmul of the decode step, by what the weights are and what this CPU has (fp32 and GPUs: F.linear).
+
+    bf16 on CPU, measured here (bench/generate.py, and the kernel's own microbenchmark in its test):
+      * chatsmith's GEMV (engine/kernels/decode_bf16.c) for batches up to kernels.MAX_ROWS rows: it streams the
+        weights at close to the memory bandwidth where torch's kernels reach about half of it: 2x the batch-1
+        decode speed. Its sums run in another order than oneDNN's, so logits differ from transformers' forward by
+        bf16 rounding (tested close); every batch size up to MAX_ROWS decodes exactly like batch 1.
+      * oneDNN with pre-packed weights (the layout its AMX kernels read) for larger batches: 1.25x over F.linear
+        at batch 1, 1.5x at batch 8, bit-identical to it. The packed copies double the layer weights' memory
+        (prefill still runs transformers' forward on the originals), so only small models get them."""
     w0 = dec.layers[0][1]
-    if w0.device.type != "cpu" or w0.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
-        return False
+    if w0.device.type != "cpu" or w0.dtype != torch.bfloat16:
+        return F.linear, "torch"
+    fallback, name = _prepacked(dec)
+    gemv = None
+    if kernel:
+        from chatsmith.engine import kernels
+
+        weights = [w for layer in dec.layers for w in (layer[1], layer[2], layer[4], layer[5])] + [dec.lm_head]
+        if all(w.is_contiguous() for w in weights):
+            gemv = kernels.bf16_gemv()
+    if gemv is None:
+        return fallback, name
+    from chatsmith.engine.kernels import MAX_ROWS
+
+    def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0] * x.shape[1]
+        if rows > MAX_ROWS:
+            return fallback(x, w)
+        return gemv(x.reshape(rows, x.shape[-1]).contiguous(), w).view(*x.shape[:-1], w.shape[0])
+
+    return linear, f"chatsmith gemv (<= {MAX_ROWS} rows), else {name}"
+
+
+def _prepacked(dec: "LeanLlamaDecoder") -> tuple[Any, str]:
+    """F.linear on oneDNN-packed copies of the weights, looked up by the plain weight; or plain F.linear."""
     weights = [w for layer in dec.layers for w in (layer[1], layer[2], layer[4], layer[5])] + [dec.lm_head]
-    if sum(w.numel() * w.element_size() for w in weights) > PREPACK_MAX_BYTES:
-        return False
+    if not torch.backends.mkldnn.is_available() or \
+            sum(w.numel() * w.element_size() for w in weights) > PREPACK_MAX_BYTES:
+        return F.linear, "torch"
     try:
         reorder = torch.ops.mkldnn._reorder_linear_weight
-        linear = torch.ops.mkldnn._linear_pointwise
-
-        def packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-            return linear(x, w, None, "none", [], "")
-
-        probe = torch.randn(1, 1, w0.shape[1], dtype=w0.dtype)
-        if not torch.equal(packed_linear(probe, reorder(w0, 1)), F.linear(probe, w0)):
-            return False
+        op = torch.ops.mkldnn._linear_pointwise
+        probe = torch.randn(1, 1, weights[0].shape[1], dtype=weights[0].dtype)
+        if not torch.equal(op(probe, reorder(weights[0], 1), None, "none", [], ""), F.linear(probe, weights[0])):
+            return F.linear, "torch"
         with torch.no_grad():
-            dec.layers = [(ln1, reorder(qkv, 1), reorder(o, 1), ln2, reorder(gu, 1), reorder(down, 1))
-                          for ln1, qkv, o, ln2, gu, down in dec.layers]
-            dec.lm_head = reorder(dec.lm_head, 1)
+            packed = {id(w): reorder(w, 1) for w in weights}
     except (AttributeError, RuntimeError):   # an older/other build without these oneDNN ops: plain F.linear
-        return False
-    dec.linear = packed_linear
-    return True
+        return F.linear, "torch"
+
+    def packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return op(x, packed[id(w)], None, "none", [], "")
+
+    return packed_linear, "oneDNN prepacked"

@@ -261,19 +261,17 @@ class Scheduler:
                         return
 
     def _continuous_step(self, batch: Any) -> None:
-        """Let waiting requests join (up to max_batch), drop cancelled rows, decode one step."""
-        room = self.max_batch - len(batch)
-        for h in self._take_waiting(room) if room > 0 else []:
-            if h.cancelled:
-                self._finish(h, Delta(0, "", None, "cancelled"))
-                continue
-            try:
-                events = batch.add(h.id, h.prompt_ids, h.params)
-            except ChatsmithError as e:
-                self._finish(h, Delta(0, "", None, f"error: {e}"))
-                continue
-            for _, text, tok, fin in events:
-                self._finish(h, Delta(0, text, tok, fin))
+        """Let waiting requests join (up to max_batch), drop cancelled rows, decode one step.
+
+        Prefill first: requests that arrive while others are being prefilled join before the next decode step
+        (until the batch is full), so a burst of clients all get their first token after one round of prefills
+        instead of one decode step later per arrival."""
+        while len(batch) < self.max_batch:
+            joining = self._take_waiting(self.max_batch - len(batch))
+            if not joining:
+                break
+            for h in joining:
+                self._join(batch, h)
         for key in batch.keys():
             h = self._running.get(key)
             if h is not None and h.cancelled:
@@ -288,6 +286,18 @@ class Scheduler:
             h = self._running.get(key)
             if h is not None:
                 self._finish(h, Delta(0, text, tok, fin))
+
+    def _join(self, batch: Any, h: RequestHandle) -> None:
+        if h.cancelled:
+            self._finish(h, Delta(0, "", None, "cancelled"))
+            return
+        try:
+            events = batch.add(h.id, h.prompt_ids, h.params)
+        except ChatsmithError as e:
+            self._finish(h, Delta(0, "", None, f"error: {e}"))
+            return
+        for _, text, tok, fin in events:
+            self._finish(h, Delta(0, text, tok, fin))
 
     def _run_dynamic(self) -> None:
         while True:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.yamlfile import read_mapping
 
 # Refusals and AI self-references a teacher tends to emit; airoboros dropped rows containing these.
 DEFAULT_REFUSALS = [
@@ -182,15 +183,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sy
     """Read CONFIG.yaml, apply overrides, validate. Outputs are relative to the working directory; input
     files (prompts, topics) are looked up next to the config first, then in the working directory."""
     path = Path(path)
-    if not path.is_file():
-        raise ChatsmithError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ChatsmithError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ChatsmithError(f"{path}: the top level must be a mapping")
-    raw = _merge(raw, overrides or {})
+    raw = _merge(read_mapping(path), overrides or {})
     try:
         cfg = SynthConfig.model_validate(raw)
     except ValidationError as e:

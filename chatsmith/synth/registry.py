@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from chatsmith.errors import ChatsmithError
 from chatsmith.synth.config import SynthConfig
+from chatsmith.yamlfile import read_mapping
 
 BUILTIN_DIR = Path(__file__).parent / "instructors"
 # Files under instructors/ that start with "_" are shared prompts (topics, cull), not instructors.
@@ -61,16 +61,9 @@ class Instructor:
 def _read_spec(path: Path, where: str) -> dict[str, Any]:
     if not path.is_file():
         raise ChatsmithError(f"{where}: prompt file {path} not found")
-    text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
-        try:
-            spec = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ChatsmithError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(spec, dict):
-            raise ChatsmithError(f"{path}: an instructor spec must be a mapping of prompts and settings")
-        return spec
-    return {"instructions": text}
+        return read_mapping(path, what="instructor spec")
+    return {"instructions": path.read_text(encoding="utf-8")}
 
 
 _OVERRIDES = ("batch_size", "temperature", "max_tokens", "system", "plain_share", "languages",

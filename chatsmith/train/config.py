@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.yamlfile import read_mapping
 
 
 class ConfigError(ChatsmithError):
@@ -172,18 +173,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
-    return data
+    return read_mapping(path, ConfigError)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

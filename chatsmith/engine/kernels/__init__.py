@@ -1,0 +1,137 @@
+"""Native decode kernels, compiled on first use with the system C compiler and cached.
+
+`decode_bf16.c` holds two: the bf16 linear layer at small batch and the one-query decode attention (its header
+says why torch's kernels are not used there). It is built with `cc -O3 -mavx512bf16 -fopenmp` into $CHATSMITH_CACHE/kernels (about a second;
+the file name carries a hash of the source and flags, the write is atomic) and called through ctypes. It links
+libgomp.so.1, the soname torch's own OpenMP runtime carries, so the kernel runs on torch's thread pool and
+the caller passes torch.get_num_threads() as its team size.
+
+`bf16_gemv()` and `bf16_attend()` return None, and the callers keep torch's kernels, where it cannot apply: a CPU without AVX512-BF16,
+no C compiler, a failed build, or CHATSMITH_KERNELS=0. `why_not()` says which.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SOURCE = Path(__file__).with_name("decode_bf16.c")
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+MAX_ROWS = 16          # past this many rows oneDNN's AMX GEMM is faster (bench/generate.py measures both)
+
+_state: dict[str, object] = {}
+
+
+def why_not() -> str | None:
+    """None when the kernel is available, else the reason it is not."""
+    _load()
+    return _state.get("reason")  # type: ignore[return-value]
+
+
+def bf16_gemv() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """`gemv(x, w)`: x (B, K) contiguous bf16 on CPU, w (N, K) contiguous bf16 -> (B, N) bf16; or None."""
+    lib = _load()
+    if lib is None:
+        return None
+    fn = lib.chatsmith_gemv_bf16
+
+    def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        b, k = x.shape
+        n = w.shape[0]
+        y = torch.empty((b, n), dtype=torch.bfloat16)
+        fn(x.data_ptr(), w.data_ptr(), y.data_ptr(), b, n, k, torch.get_num_threads())
+        return y
+
+    return gemv
+
+
+def bf16_attend() -> Callable[..., torch.Tensor] | None:
+    """`attend(q, keys, values, starts, scale)`: q (B, nh, hd) contiguous bf16; keys/values (B, nkv, L, hd) bf16
+    views with a contiguous last dimension; row b attends to columns starts[b]..L-1. Returns (B, nh * hd) bf16;
+    or None."""
+    lib = _load()
+    if lib is None:
+        return None
+    fn = lib.chatsmith_attend_bf16
+
+    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, starts: list[int],
+               scale: float) -> torch.Tensor:
+        b, nh, hd = q.shape
+        nkv, length = keys.shape[1], keys.shape[2]
+        if keys.stride() != values.stride() or keys.stride(-1) != 1 or nh % nkv:
+            raise ValueError("attend: keys and values need the same strides and a contiguous last dimension")
+        out = torch.empty((b, nh * hd), dtype=torch.bfloat16)
+        first = torch.tensor(starts, dtype=torch.int64)
+        sb, sh, st, _ = keys.stride()
+        fn(q.data_ptr(), keys.data_ptr(), values.data_ptr(), sb, sh, st, first.data_ptr(), length, out.data_ptr(),
+           b, nh, nkv, hd, scale, torch.get_num_threads())
+        return out
+
+    return attend
+
+
+def _load():
+    if "lib" in _state:
+        return _state["lib"]
+    lib, reason = None, None
+    try:
+        lib = _build_and_open()
+    except _Unavailable as e:
+        reason = str(e)
+    _state.update(lib=lib, reason=reason)
+    return lib
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _build_and_open():
+    if os.environ.get("CHATSMITH_KERNELS", "1") == "0":
+        raise _Unavailable("turned off by CHATSMITH_KERNELS=0")
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if "avx512_bf16" not in flags:
+        raise _Unavailable("this CPU has no AVX512-BF16")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise _Unavailable("no C compiler (cc or gcc) on PATH")
+    from chatsmith.models import cache_dir
+
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    out = cache_dir() / "kernels" / f"decode_bf16-{digest}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            r = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise _Unavailable(f"{cc} failed to build {SOURCE.name}: {r.stderr.strip()[:300]}")
+            os.replace(tmp, out)         # atomic: a concurrent builder or a crash never leaves half a library
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    torch.get_num_threads()             # torch's libgomp is loaded before ours resolves libgomp.so.1
+    try:
+        lib = ctypes.CDLL(str(out))
+    except OSError as e:
+        raise _Unavailable(f"cannot load {out}: {e}")
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.chatsmith_gemv_bf16.restype = None
+    lib.chatsmith_gemv_bf16.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.chatsmith_attend_bf16.restype = None
+    lib.chatsmith_attend_bf16.argtypes = [p, p, p, i64, i64, i64, p, i64, p, i64, i64, i64, i64, ctypes.c_float,
+                                          ctypes.c_int]
+    return lib

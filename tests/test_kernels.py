@@ -1,0 +1,89 @@
+"""chatsmith's bf16 GEMV (engine/kernels/decode_bf16.c): correct to bf16 rounding against an fp32 reference on odd
+shapes, and every row's result independent of its batch mates and of the thread count (what keeps batched greedy
+decoding equal to batch 1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatsmith.engine import kernels
+
+pytestmark = pytest.mark.skipif(kernels.why_not() is not None, reason=f"no bf16 GEMV here: {kernels.why_not()}")
+
+
+@pytest.mark.parametrize("k", [1, 31, 32, 33, 100, 576])
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 37])
+def test_gemv_matches_fp32_reference_to_bf16_rounding(n, k):
+    gen = torch.Generator().manual_seed(n * 1000 + k)
+    gemv = kernels.bf16_gemv()
+    for b in (1, 3, 4, 5, 9):
+        x = torch.randn(b, k, generator=gen).to(torch.bfloat16)
+        w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+        ref = x.float() @ w.float().t()
+        y = gemv(x, w)
+        assert y.shape == (b, n) and y.dtype == torch.bfloat16
+        # fp32 accumulation, one rounding to bf16 (8 bits of mantissa): within one bf16 ulp of the exact result
+        tol = ref.abs() * 2.0 ** -7 + 1e-5 * k
+        assert ((y.float() - ref).abs() <= tol).all(), (y.float() - ref).abs().max()
+
+
+def test_rows_do_not_depend_on_batch_mates_or_threads():
+    gen = torch.Generator().manual_seed(0)
+    gemv = kernels.bf16_gemv()
+    x = torch.randn(16, 576, generator=gen).to(torch.bfloat16)
+    w = torch.randn(1000, 576, generator=gen).to(torch.bfloat16)
+    whole = gemv(x, w)
+    for i in (0, 5, 15):
+        assert torch.equal(gemv(x[i:i + 1].contiguous(), w)[0], whole[i])
+    assert torch.equal(gemv(x[3:10].contiguous(), w), whole[3:10])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gemv(x, w)
+        torch.set_num_threads(2)
+        two = gemv(x, w)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, whole) and torch.equal(two, whole)
+
+
+def test_built_once_into_the_cache_then_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHATSMITH_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_state", {})
+    assert kernels.bf16_gemv() is not None
+    [lib] = (tmp_path / "kernels").glob("decode_bf16-*.so")
+    assert not [p for p in lib.parent.iterdir() if p != lib]          # no temporary file left behind
+    stamp = lib.stat().st_mtime_ns
+    monkeypatch.setattr(kernels, "_state", {})                          # a new process, as far as the loader knows
+    assert kernels.bf16_gemv() is not None and lib.stat().st_mtime_ns == stamp
+
+
+def test_off_switch(monkeypatch):
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("CHATSMITH_KERNELS", "0")
+    assert kernels.bf16_gemv() is None and "CHATSMITH_KERNELS=0" in kernels.why_not()
+
+
+def test_attend_matches_sdpa_per_row_over_its_own_keys():
+    """Rows with different left padding, grouped-query heads, a strided cache view: each row equals fp32 SDPA over
+    its real keys to bf16 rounding, and does not change when its batch mates do."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(1)
+    attend = kernels.bf16_attend()
+    b, nh, nkv, hd, cap, length = 3, 6, 2, 64, 40, 29
+    buf_k = torch.randn(b, nkv, cap, hd, generator=gen).to(torch.bfloat16)
+    buf_v = torch.randn(b, nkv, cap, hd, generator=gen).to(torch.bfloat16)
+    keys, values = buf_k[:, :, :length], buf_v[:, :, :length]        # views with spare columns, as the cache keeps
+    q = torch.randn(b, nh, hd, generator=gen).to(torch.bfloat16)
+    starts = [0, 7, 28]
+    out = attend(q, keys, values, starts, hd ** -0.5)
+    assert out.shape == (b, nh * hd) and out.dtype == torch.bfloat16
+    for i, s in enumerate(starts):
+        want = F.scaled_dot_product_attention(q[i:i + 1, :, None].float(), keys[i:i + 1, :, s:].float(),
+                                              values[i:i + 1, :, s:].float(), enable_gqa=True)
+        got = out[i].view(nh, hd).float()
+        assert (got - want[0, :, 0]).abs().max() <= 2 ** -7 * want.abs().max() + 1e-3
+        alone = attend(q[i:i + 1].contiguous(), keys[i:i + 1], values[i:i + 1], [s], hd ** -0.5)
+        assert torch.equal(alone[0], out[i])
