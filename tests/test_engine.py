@@ -183,18 +183,28 @@ def test_bf16_engine_runs_and_auto_dtype(tiny_llama):
     assert models.resolve_dtype("auto") == want
 
 
-def test_lean_llama_step_matches_transformers_and_keeps_bf16_batches_exact(tiny_llama, engines):
+def native_kernels(amx: bool, monkeypatch) -> None:
+    """Use the native step with AMX tiles or with AVX512-BF16 (skips where this CPU cannot)."""
     from chatsmith.engine import kernels
+
+    if kernels.why_not() is not None:
+        pytest.skip(f"no native kernels here: {kernels.why_not()}")
+    if amx and not kernels.amx():
+        pytest.skip("no AMX here")
+    monkeypatch.setitem(kernels._state, "amx", amx)
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
+def test_lean_llama_step_matches_transformers_and_keeps_bf16_batches_exact(tiny_llama, engines, amx, monkeypatch):
     from chatsmith.engine.lean_llama import LeanLlamaDecoder
 
+    native_kernels(amx, monkeypatch)
     assert engines["llama"].lean is not None
     assert engines["gpt_neox"].lean is None and engines["bloom"].lean is None    # the generic path
     bf = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
-    assert bf.lean is not None
-    if kernels.why_not() is None:
-        assert bf.lean.matmul.startswith("chatsmith gemv")
-    elif torch.backends.mkldnn.is_available():
-        assert bf.lean.matmul == "oneDNN prepacked"                          # bf16 weights pre-packed for oneDNN
+    assert bf.lean is not None and bf.lean.native is not None and bf.lean.native.amx == amx
+    if torch.backends.mkldnn.is_available():
+        assert bf.lean.matmul.endswith("oneDNN prepacked")     # prefill and big batches: weights packed for oneDNN
     plain = HFEngine(bf.model, bf.tokenizer, bf.template, lean=False)
     torch_only = HFEngine(bf.model, bf.tokenizer, bf.template, lean=False)
     torch_only.lean = LeanLlamaDecoder(bf.model, kernel=False)
@@ -207,12 +217,10 @@ def test_lean_llama_step_matches_transformers_and_keeps_bf16_batches_exact(tiny_
     assert [r.token_ids for r in bf.generate(PROMPTS, GREEDY)] == solo_k
 
 
-def test_lean_step_with_the_gemv_kernel_is_close_to_transformers(tiny_llama):
-    """The kernel sums in another order than oneDNN: the decode logits agree to bf16 rounding, not bit for bit."""
-    from chatsmith.engine import kernels
-
-    if kernels.why_not() is not None:
-        pytest.skip(f"no bf16 GEMV kernel here: {kernels.why_not()}")
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
+def test_native_step_is_close_to_transformers(tiny_llama, amx, monkeypatch):
+    """The native step sums in another order than oneDNN: decode logits agree to bf16 rounding, not bit for bit."""
+    native_kernels(amx, monkeypatch)
     bf = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
     ids = bf.prompt_ids(PROMPTS[1])
     with torch.inference_mode():
@@ -223,3 +231,14 @@ def test_lean_step_with_the_gemv_kernel_is_close_to_transformers(tiny_llama):
     scale = want.abs().max()
     assert (got - want).abs().max() <= 0.05 * scale, (got - want).abs().max()
     assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.999
+
+def test_kv_buffers_regrow_without_changing_a_token(tiny_llama, monkeypatch):
+    """The cache buffers grow CACHE_GROWTH columns at a time; growing every 3 tokens decodes the same tokens."""
+    from chatsmith.engine import kvcache
+
+    eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    params = SamplingParams(max_new_tokens=40, temperature=0, stop_ids=[])
+    want = [r.token_ids for r in eng.generate(PROMPTS, params)]
+    monkeypatch.setattr(kvcache, "CACHE_GROWTH", 3)
+    assert [r.token_ids for r in eng.generate(PROMPTS, params)] == want
+    assert sum(len(t) for t in want) > 40

@@ -87,3 +87,52 @@ def test_attend_matches_sdpa_per_row_over_its_own_keys():
         assert (got - want[0, :, 0]).abs().max() <= 2 ** -7 * want.abs().max() + 1e-3
         alone = attend(q[i:i + 1].contiguous(), keys[i:i + 1], values[i:i + 1], [s], hd ** -0.5)
         assert torch.equal(alone[0], out[i])
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
+def test_fused_linear_matches_the_torch_ops_it_replaces(amx):
+    """RMSNorm before, SwiGLU before, residual after: each as close to the torch ops as bf16 rounding allows, with
+    the AMX tile path and the AVX512-BF16 path."""
+    import torch.nn.functional as F
+
+    if amx and not kernels.amx():
+        pytest.skip("no AMX here")
+    gen = torch.Generator().manual_seed(2)
+    linear = kernels.bf16_linear()
+    b, k, n, eps = 5, 96, 48, 1e-5
+    w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    wv = kernels.pack_for_amx(w) if amx else None
+    x = (torch.randn(b, k, generator=gen) * 3).to(torch.bfloat16)
+    norm_w = (1 + 0.1 * torch.randn(k, generator=gen)).to(torch.bfloat16)
+    res = torch.randn(b, n, generator=gen).to(torch.bfloat16)
+
+    def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+        return bool(((got.float() - want.float()).abs() <= 2.0 ** -6 * want.float().abs() + 0.05).all())
+
+    xf = x.float()
+    normed = norm_w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(torch.bfloat16)
+    assert close(linear(x, w, norm=norm_w, eps=eps, wv=wv), F.linear(normed, w))
+    assert close(linear(x, w, residual=res, wv=wv), res + F.linear(x, w))
+    gu = torch.randn(b, 2 * k, generator=gen).to(torch.bfloat16)
+    act = F.silu(gu[:, :k]) * gu[:, k:]
+    assert close(linear(gu, w, swiglu=True, residual=res, wv=wv), res + F.linear(act, w))
+    # the plain product: identical with the fused call's pieces off
+    assert torch.equal(linear(x, w, wv=wv), kernels.bf16_gemv()(x, w, wv))
+
+
+def test_amx_tiles_keep_rows_independent():
+    if not kernels.amx():
+        pytest.skip("no AMX here")
+    gen = torch.Generator().manual_seed(3)
+    gemv = kernels.bf16_gemv()
+    x = torch.randn(kernels.AMX_MAX_ROWS, 576, generator=gen).to(torch.bfloat16)
+    w = torch.randn(992, 576, generator=gen).to(torch.bfloat16)
+    wv = kernels.pack_for_amx(w)
+    whole = gemv(x, w, wv)                     # four 16-row tiles per weight tile
+    ref = x.float() @ w.float().t()
+    assert ((whole.float() - ref).abs() <= ref.abs() * 2.0 ** -7 + 1e-2).all()
+    for i in (0, 7, 15, 16, 40, 63):
+        assert torch.equal(gemv(x[i:i + 1].contiguous(), w, wv)[0], whole[i])
+    for a, b in ((0, 16), (3, 20), (10, 43)):  # 16 rows in one tile; 17 and 33 rows padded to whole tiles
+        assert torch.equal(gemv(x[a:b].contiguous(), w, wv), whole[a:b])
+    assert kernels.pack_for_amx(torch.zeros(10, 64, dtype=torch.bfloat16)) is None     # 10 rows do not tile

@@ -83,9 +83,8 @@ class HFEngine(Engine):
             return
         ids, plist = self.checked_batch(prompts, params)
         batch = self.new_batch()
-        for i, (p_ids, p) in enumerate(zip(ids, plist)):
-            for key, text, tok, fin in batch.add(i, p_ids, p):
-                yield Delta(key, text, tok, fin)
+        for key, text, tok, fin in batch.add_many(list(zip(range(n), ids, plist))):
+            yield Delta(key, text, tok, fin)
         while len(batch):
             if cancelled is not None:
                 for key in [k for k in batch.keys() if cancelled(k)]:
@@ -95,6 +94,9 @@ class HFEngine(Engine):
                     break
             for key, text, tok, fin in batch.step():
                 yield Delta(key, text, tok, fin)
+
+
+PREFILL_GROUP_TOKENS = 4096     # prompt tokens prefilled in one pass at most (bounds activation memory)
 
 
 class _Row:
@@ -153,32 +155,60 @@ class DecodeBatch:
     # -- joining --------------------------------------------------------------------------------
     def add(self, key: Hashable, prompt_ids: Sequence[int], params: SamplingParams) -> list[Event]:
         """Prefill one prompt on its own and merge it into the batch; returns the first token's event."""
+        return self.add_many([(key, prompt_ids, params)])
+
+    def add_many(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Event]:
+        """Prefill prompts and merge them into the batch; returns each one's first-token event. Prompts are
+        prefilled together where that leaves every cache bit-identical to a prefill alone (the lean llama path
+        with row-independent matmuls, up to PREFILL_GROUP_TOKENS tokens at once), else one by one."""
         eng = self.engine
-        row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device)
+        events: list[Event] = []
+        group: list[tuple[Hashable, Sequence[int], SamplingParams]] = []
+        for req in requests:
+            can_group = eng.lean is not None and eng.lean.group_prefill
+            if group and (not can_group or sum(len(g[1]) for g in group) + len(req[1]) > PREFILL_GROUP_TOKENS):
+                events += self._prefill(group)
+                group = []
+            group.append(req)
+        if group:
+            events += self._prefill(group)
+        return events
+
+    def _prefill(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Event]:
+        eng = self.engine
+        with torch.inference_mode():
+            if eng.lean is not None:
+                done = eng.lean.prefill([list(ids) for _, ids, _ in requests])
+            else:
+                done = [self._forward(ids) for _, ids, _ in requests]
+        events = []
+        for (key, prompt_ids, params), (logits, cache) in zip(requests, done):
+            row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device)
+            with torch.inference_mode():
+                logits = logits.float()
+                seen = None
+                if params.repetition_penalty != 1.0:
+                    seen = torch.zeros((1, logits.shape[-1]), dtype=torch.bool, device=self.device)
+                    seen[0, torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)] = True
+                token = _sample(logits, [row], seen)[0]
+            event = row.accept(token)
+            events.append(event)
+            if event[3] is None:
+                with torch.inference_mode():
+                    self._merge(row, cache, seen, logits.shape[-1])
+        return events
+
+    def _forward(self, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, Any]:
+        """One prompt through transformers' forward: its last position's logits and its cache."""
+        eng = self.engine
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(ids), "use_cache": True}
         if eng._takes_positions:
             kwargs["position_ids"] = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
         if eng._takes_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        with torch.inference_mode():
-            if eng.lean is not None:
-                logits, cache = eng.lean.prefill(ids)
-                logits = logits.float()
-            else:
-                out = self.model(input_ids=ids, **kwargs)
-                logits, cache = out.logits[:, -1, :].float(), out.past_key_values
-            seen = None
-            if params.repetition_penalty != 1.0:
-                seen = torch.zeros((1, logits.shape[-1]), dtype=torch.bool, device=self.device)
-                seen[0, ids[0]] = True
-            token = _sample(logits, [row], seen)[0]
-        event = row.accept(token)
-        if event[3] is not None:
-            return [event]
-        with torch.inference_mode():
-            self._merge(row, cache, seen, logits.shape[-1])
-        return [event]
+        out = self.model(input_ids=ids, **kwargs)
+        return out.logits[:, -1, :], out.past_key_values
 
     def _merge(self, row: _Row, cache: Any, seen: torch.Tensor | None, vocab: int) -> None:
         n = row.length

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from chatsmith.engine.kvcache import reserve
+
 
 def supports(model: Any) -> bool:
     try:
@@ -59,12 +61,15 @@ class LeanLlamaDecoder:
         self.rotary = model.model.rotary_emb
         self.norm = model.model.norm.weight
         self.lm_head = model.lm_head.weight
-        self.linear, self.matmul = _pick_linear(self, kernel)   # matmul: which kernel, in words
-        self.attend_kernel = None
-        if self.matmul.startswith("chatsmith"):
-            from chatsmith.engine import kernels
-
-            self.attend_kernel = kernels.bf16_attend()     # all rows in one call, each over its own keys
+        self.linear, self.matmul = _pick_linear(self)   # matmul: which kernel, in words
+        # bf16 on a CPU with AVX512-BF16: decode steps of up to kernels.MAX_ROWS rows run natively (below)
+        self.native, self.attend_kernel = _native_step(self) if kernel else (None, None)
+        if self.native is not None:
+            self.matmul = f"{self.native.name} for <= {self.native.max_rows} rows, else {self.matmul}"
+        # prompts are prefilled together only where every matmul treats rows independently: the AMX kernel does;
+        # oneDNN's and MKL's GEMMs do not (measured: a prompt's cache changed with its group at 1 thread)
+        self.group_prefill = self.native is not None and self.native.amx
+        self.prefill_linear = self.native.linear if self.group_prefill else self.linear
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # exactly LlamaRMSNorm: in float32, back to the input dtype, then the weight
@@ -77,35 +82,52 @@ class LeanLlamaDecoder:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """One prompt, ids (1, L): the last position's (1, vocab) logits and a new transformers DynamicCache.
+    def prefill(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, Any]]:
+        """Prompts prefilled together: per prompt, its last position's (1, vocab) logits and a new transformers
+        DynamicCache.
 
-        The same layers as `step`, over L positions with causal attention: the matmuls take the oneDNN-packed
-        weights (AMX) where transformers' forward would call aten::mm, about 2x faster prefill here."""
+        The same layers as `step`, over all prompts' tokens as one packed sequence (each prompt's positions start
+        at 0 and its attention sees only itself), so the matmuls run once over every token: oneDNN's packed-weight
+        kernels or chatsmith's AMX kernel, where transformers' forward would call aten::mm once per prompt. A
+        prompt's cache is bit-identical whether it was prefilled alone or in a group, because every op here treats
+        rows independently; callers group prompts only where the matmul does too (`self.group_prefill`)."""
         from transformers import DynamicCache
 
+        device = self.embed.weight.device
+        lengths = [len(p) for p in prompts]
+        ends = torch.tensor(lengths, device=device).cumsum(0)
+        ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=device)
         n = ids.shape[1]
-        cache = DynamicCache(config=self.model.config)
+        caches = [DynamicCache(config=self.model.config) for _ in prompts]
         h = self.embed(ids)
-        cos, sin = self.rotary(h, torch.arange(n, device=ids.device).unsqueeze(0))
+        positions = torch.cat([torch.arange(m, device=device) for m in lengths]).unsqueeze(0)
+        cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
         nqk = nh + nkv
+        bounds = list(zip([0, *ends.tolist()[:-1]], ends.tolist()))
         for i, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
-            qkv = self.linear(self._rms(h, ln1), qkv_w)
+            qkv = self.prefill_linear(self._rms(h, ln1), qkv_w)
             qk = self._rotate(qkv[..., :nqk * hd].view(1, n, nqk, hd).transpose(1, 2), cos, sin)
-            keys, values = cache.update(qk[:, nh:].contiguous(),
-                                        qkv[..., nqk * hd:].view(1, n, nkv, hd).transpose(1, 2).contiguous(), i)
-            o = F.scaled_dot_product_attention(qk[:, :nh], keys, values, is_causal=n > 1, enable_gqa=nkv != nh)
-            h = h + self.linear(o.transpose(1, 2).reshape(1, n, nh * hd), o_w)
-            gate, up = self.linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
-            h = h + self.linear(F.silu(gate) * up, down_w)
-        return self.linear(self._rms(h[:, -1:], self.norm), self.lm_head)[:, -1, :], cache
+            v = qkv[..., nqk * hd:].view(1, n, nkv, hd).transpose(1, 2)
+            outs = []
+            for (a, b), cache in zip(bounds, caches):
+                keys, values = cache.update(qk[:, nh:, a:b].contiguous(), v[:, :, a:b].contiguous(), i)
+                outs.append(F.scaled_dot_product_attention(qk[:, :nh, a:b].contiguous(), keys, values,
+                                                           is_causal=b - a > 1, enable_gqa=nkv != nh))
+            o = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+            h = h + self.prefill_linear(o.transpose(1, 2).reshape(1, n, nh * hd), o_w)
+            gate, up = self.prefill_linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
+            h = h + self.prefill_linear(F.silu(gate) * up, down_w)
+        logits = self.prefill_linear(self._rms(h[:, ends - 1], self.norm), self.lm_head)[0]
+        return [(logits[j:j + 1], cache) for j, cache in enumerate(caches)]
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, starts: list[int], cache: Any) -> torch.Tensor:
         """tokens, positions: (B, 1); starts: per row, the first cache column that is not left padding;
         cache: the transformers DynamicCache of this batch, extended in place. Returns (B, vocab) logits."""
         b = tokens.shape[0]
+        if self.native is not None and b <= self.native.max_rows:
+            return self.native(tokens, positions, starts, cache)
         h = self.embed(tokens)
         cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -124,11 +146,14 @@ class LeanLlamaDecoder:
                                                              enable_gqa=gqa) for i, s in enumerate(starts)])
 
         nqk = nh + nkv
-        for (ln1, qkv_w, o_w, ln2, gu_w, down_w), cl in zip(self.layers, cache.layers):
+        bufs, col = reserve(cache)
+        for (ln1, qkv_w, o_w, ln2, gu_w, down_w), cl, (kb, vb) in zip(self.layers, cache.layers, bufs):
             qkv = self.linear(self._rms(h, ln1), qkv_w)
             # q and k heads rotate in one pass (the same elementwise math as rotating each)
             qk = self._rotate(qkv[..., :nqk * hd].view(b, 1, nqk, hd).transpose(1, 2), cos, sin)
-            keys, values = _append(cl, qk[:, nh:], qkv[..., nqk * hd:].view(b, 1, nkv, hd).transpose(1, 2))
+            kb[:, :, col:col + 1] = qk[:, nh:]
+            vb[:, :, col:col + 1] = qkv[..., nqk * hd:].view(b, 1, nkv, hd).transpose(1, 2)
+            cl.keys, cl.values = keys, values = kb[:, :, :col + 1], vb[:, :, :col + 1]
             if self.attend_kernel is not None:
                 o = self.attend_kernel(qk[:, :nh].reshape(b, nh, hd).contiguous(), keys, values, starts,
                                        hd ** -0.5).view(b, 1, nh * hd)
@@ -138,29 +163,6 @@ class LeanLlamaDecoder:
             gate, up = self.linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
             h = h + self.linear(F.silu(gate) * up, down_w)
         return self.linear(self._rms(h, self.norm), self.lm_head)[:, -1, :]
-
-
-CACHE_GROWTH = 256    # KV columns added per reallocation
-
-
-def _append(layer: Any, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append one column to a cache layer in place: its keys/values become views of a buffer with spare columns,
-    so a step writes one column instead of copying the whole cache (torch.cat) as transformers' DynamicCache does.
-    Whenever the batch reshapes the cache (a row joins or leaves: new tensors), the buffer is rebuilt."""
-    n = layer.keys.shape[-2]
-    buf = getattr(layer, "_chatsmith_buffer", None)
-    if buf is None or buf[0].data_ptr() != layer.keys.data_ptr() or buf[1].data_ptr() != layer.values.data_ptr() \
-            or buf[0].shape[:2] != layer.keys.shape[:2] or n >= buf[0].shape[-2] \
-            or buf[0].stride() != layer.keys.stride():
-        shape = (*layer.keys.shape[:2], n + CACHE_GROWTH, layer.keys.shape[-1])
-        buf = (layer.keys.new_empty(shape), layer.values.new_empty(shape))
-        buf[0][:, :, :n] = layer.keys
-        buf[1][:, :, :n] = layer.values
-        layer._chatsmith_buffer = buf
-    buf[0][:, :, n:n + 1] = k
-    buf[1][:, :, n:n + 1] = v
-    layer.keys, layer.values = buf[0][:, :, :n + 1], buf[1][:, :, :n + 1]
-    return layer.keys, layer.values
 
 
 def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:
@@ -178,39 +180,34 @@ def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:
 PREPACK_MAX_BYTES = 4 * 2**30
 
 
-def _pick_linear(dec: "LeanLlamaDecoder", kernel: bool) -> tuple[Any, str]:
-    """The matmul of the decode step, by what the weights are and what this CPU has (fp32 and GPUs: F.linear).
-
-    bf16 on CPU, measured here (bench/generate.py, and the kernel's own microbenchmark in its test):
-      * chatsmith's GEMV (engine/kernels/decode_bf16.c) for batches up to kernels.MAX_ROWS rows: it streams the
-        weights at close to the memory bandwidth where torch's kernels reach about half of it: 2x the batch-1
-        decode speed. Its sums run in another order than oneDNN's, so logits differ from transformers' forward by
-        bf16 rounding (tested close); every batch size up to MAX_ROWS decodes exactly like batch 1.
-      * oneDNN with pre-packed weights (the layout its AMX kernels read) for larger batches: 1.25x over F.linear
-        at batch 1, 1.5x at batch 8, bit-identical to it. The packed copies double the layer weights' memory
-        (prefill still runs transformers' forward on the originals), so only small models get them."""
+def _pick_linear(dec: "LeanLlamaDecoder") -> tuple[Any, str]:
+    """The matmul of prefill and of decode steps past the native step's rows: oneDNN with pre-packed weights for
+    bf16 on CPU (the layout its AMX kernels read; 1.25x over F.linear at batch 1, 1.5x at batch 8, bit-identical
+    to it), else F.linear. The packed copies double the layer weights' memory, so only small models get them."""
     w0 = dec.layers[0][1]
     if w0.device.type != "cpu" or w0.dtype != torch.bfloat16:
         return F.linear, "torch"
-    fallback, name = _prepacked(dec)
-    gemv = None
-    if kernel:
-        from chatsmith.engine import kernels
+    return _prepacked(dec)
 
-        weights = [w for layer in dec.layers for w in (layer[1], layer[2], layer[4], layer[5])] + [dec.lm_head]
-        if all(w.is_contiguous() for w in weights):
-            gemv = kernels.bf16_gemv()
-    if gemv is None:
-        return fallback, name
-    from chatsmith.engine.kernels import MAX_ROWS
 
-    def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        rows = x.shape[0] * x.shape[1]
-        if rows > MAX_ROWS:
-            return fallback(x, w)
-        return gemv(x.reshape(rows, x.shape[-1]).contiguous(), w).view(*x.shape[:-1], w.shape[0])
+def _native_step(dec: "LeanLlamaDecoder") -> tuple[Any, Any]:
+    """chatsmith's own decode step (engine/kernels): the whole step in one native call, its matmuls streaming the
+    weights at close to the memory bandwidth (AMX tiles where the CPU has them, else AVX512-BF16 dot products),
+    where torch's small-batch bf16 kernels reach about half of it and per-op overhead doubles the time again.
+    Measured here (bench/generate.py): 3x the batch-1 decode speed of the oneDNN path. Its sums run in another
+    order than oneDNN's, so logits differ from transformers' forward by bf16 rounding (tested close); every batch
+    size up to kernels.MAX_ROWS decodes exactly like batch 1. Returns (step, attention kernel) or (None, None)."""
+    w0 = dec.layers[0][1]
+    if w0.device.type != "cpu" or w0.dtype != torch.bfloat16:
+        return None, None
+    from chatsmith.engine import kernels
 
-    return linear, f"chatsmith gemv (<= {MAX_ROWS} rows), else {name}"
+    weights = [w for layer in dec.layers for w in layer] + [dec.lm_head, dec.norm]
+    if kernels.llama_step() is None or not all(w.is_contiguous() for w in weights):
+        return None, None
+    from chatsmith.engine.kernels.llama import NativeLlamaStep
+
+    return NativeLlamaStep(dec), kernels.bf16_attend()
 
 
 def _prepacked(dec: "LeanLlamaDecoder") -> tuple[Any, str]:

@@ -270,8 +270,7 @@ class Scheduler:
             joining = self._take_waiting(self.max_batch - len(batch))
             if not joining:
                 break
-            for h in joining:
-                self._join(batch, h)
+            self._join(batch, joining)
         for key in batch.keys():
             h = self._running.get(key)
             if h is not None and h.cancelled:
@@ -287,17 +286,28 @@ class Scheduler:
             if h is not None:
                 self._finish(h, Delta(0, text, tok, fin))
 
-    def _join(self, batch: Any, h: RequestHandle) -> None:
-        if h.cancelled:
-            self._finish(h, Delta(0, "", None, "cancelled"))
+    def _join(self, batch: Any, handles: list[RequestHandle]) -> None:
+        """Prefill the joining requests together (the batch decides how to group them) and send first tokens."""
+        live = []
+        for h in handles:
+            if h.cancelled:
+                self._finish(h, Delta(0, "", None, "cancelled"))
+            else:
+                live.append(h)
+        if not live:
             return
         try:
-            events = batch.add(h.id, h.prompt_ids, h.params)
+            events = batch.add_many([(h.id, h.prompt_ids, h.params) for h in live])
         except ChatsmithError as e:
-            self._finish(h, Delta(0, "", None, f"error: {e}"))
+            if len(live) > 1:          # find the one at fault: the others still get their answers
+                for h in live:
+                    self._join(batch, [h])
+                return
+            self._finish(live[0], Delta(0, "", None, f"error: {e}"))
             return
-        for _, text, tok, fin in events:
-            self._finish(h, Delta(0, text, tok, fin))
+        by_id = {h.id: h for h in live}
+        for key, text, tok, fin in events:
+            self._finish(by_id[key], Delta(0, text, tok, fin))
 
     def _run_dynamic(self) -> None:
         while True:

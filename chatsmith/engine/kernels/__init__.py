@@ -25,7 +25,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("decode_bf16.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
-MAX_ROWS = 16          # past this many rows oneDNN's AMX GEMM is faster (bench/generate.py measures both)
+MAX_ROWS = 16          # AVX512-BF16 kernel: past this many rows oneDNN's GEMM is faster (compute-bound)
+AMX_MAX_ROWS = 64      # AMX kernel: four 16-row accumulator tiles per weight tile (decode_bf16.c)
 
 _state: dict[str, object] = {}
 
@@ -43,14 +44,39 @@ def bf16_gemv() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         return None
     fn = lib.chatsmith_gemv_bf16
 
-    def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def gemv(x: torch.Tensor, w: torch.Tensor, wv: torch.Tensor | None = None) -> torch.Tensor:
         b, k = x.shape
         n = w.shape[0]
         y = torch.empty((b, n), dtype=torch.bfloat16)
-        fn(x.data_ptr(), w.data_ptr(), y.data_ptr(), b, n, k, torch.get_num_threads())
+        fn(x.data_ptr(), w.data_ptr(), _ptr(wv), y.data_ptr(), b, n, k, torch.get_num_threads())
         return y
 
     return gemv
+
+
+def bf16_linear() -> Callable[..., torch.Tensor] | None:
+    """`linear(x, w, norm=None, eps=0.0, swiglu=False, residual=None)`: the decode-step linear layer with its
+    neighbours fused in (see chatsmith_linear_bf16 in decode_bf16.c). x (B, K) contiguous bf16, or (B, 2K) with
+    swiglu; norm: the RMSNorm weight (K,) applied to x first; residual (B, N) added to the result. Or None."""
+    lib = _load()
+    if lib is None:
+        return None
+    fn = lib.chatsmith_linear_bf16
+
+    def linear(x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
+               swiglu: bool = False, residual: torch.Tensor | None = None, wv: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        b = x.shape[0]
+        n, k = w.shape
+        if x.shape[1] != (2 * k if swiglu else k) or (residual is not None and residual.shape != (b, n)):
+            raise ValueError(f"linear: x {tuple(x.shape)}, w {tuple(w.shape)}, swiglu={swiglu} do not fit")
+        y = torch.empty((b, n), dtype=torch.bfloat16)
+        prologue = 2 if swiglu else 1 if norm is not None else 0
+        fn(x.data_ptr(), prologue, _ptr(norm), eps, w.data_ptr(), _ptr(wv), _ptr(residual), y.data_ptr(), b, n, k,
+           torch.get_num_threads())
+        return y
+
+    return linear
 
 
 def bf16_attend() -> Callable[..., torch.Tensor] | None:
@@ -76,6 +102,38 @@ def bf16_attend() -> Callable[..., torch.Tensor] | None:
         return out
 
     return attend
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def amx() -> bool:
+    """Whether the kernels may use AMX tiles: the CPU has AMX-BF16 and Linux granted this process tile state."""
+    lib = _load()
+    if lib is None:
+        return False
+    if "amx" not in _state:
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        _state["amx"] = "amx_bf16" in flags and lib.chatsmith_amx_init() == 0 and \
+            os.environ.get("CHATSMITH_AMX", "1") != "0"
+    return bool(_state["amx"])
+
+
+def pack_for_amx(w: torch.Tensor) -> torch.Tensor | None:
+    """w (N, K) bf16 in the tile layout the AMX kernel reads, wv[N/16][K/32][16][16][2]; None where the shape does
+    not tile (N % 16 or K % 32), and the AVX512-BF16 kernel handles that weight at every batch size."""
+    n, k = w.shape
+    if n % 16 or k % 32:
+        return None
+    return w.detach().view(n // 16, 16, k // 32, 16, 2).permute(0, 2, 3, 1, 4).contiguous()
+
+
+def llama_step() -> Callable[..., None] | None:
+    """The raw `chatsmith_llama_step_bf16` (see decode_bf16.c for its arguments), or None. The caller
+    (engine/lean_llama.py) owns the buffers and keeps every pointer it passes alive."""
+    lib = _load()
+    return None if lib is None else lib.chatsmith_llama_step_bf16
 
 
 def _load():
@@ -130,7 +188,15 @@ def _build_and_open():
         raise _Unavailable(f"cannot load {out}: {e}")
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.chatsmith_gemv_bf16.restype = None
-    lib.chatsmith_gemv_bf16.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.chatsmith_gemv_bf16.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.chatsmith_amx_init.restype = ctypes.c_int
+    lib.chatsmith_amx_init.argtypes = []
+    lib.chatsmith_linear_bf16.restype = None
+    lib.chatsmith_linear_bf16.argtypes = [p, ctypes.c_int, p, ctypes.c_float, p, p, p, p, i64, i64, i64,
+                                          ctypes.c_int]
+    lib.chatsmith_llama_step_bf16.restype = None
+    lib.chatsmith_llama_step_bf16.argtypes = [p, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float, p, p, p, p, i64,
+                                              i64, i64, i64, p, p, p, p, p, p, i64, p, ctypes.c_int]
     lib.chatsmith_attend_bf16.restype = None
     lib.chatsmith_attend_bf16.argtypes = [p, p, p, i64, i64, i64, p, i64, p, i64, i64, i64, i64, ctypes.c_float,
                                           ctypes.c_int]

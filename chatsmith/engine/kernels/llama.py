@@ -1,0 +1,85 @@
+"""The Python side of the native llama decode step (chatsmith_llama_step_bf16 in decode_bf16.c).
+
+`NativeLlamaStep(decoder)` holds what the C step reads and must outlive every call: the addresses of each layer's
+weights (and, with AMX, their tile-packed copies), and per KV cache the addresses of the layers' key and value
+buffers. The cache stays a transformers DynamicCache, so rows join and leave through DecodeBatch as before; its
+layers' keys and values become views of buffers with spare columns, which the C step writes in place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+
+from chatsmith.engine import kernels
+from chatsmith.engine.kvcache import reserve
+
+class NativeLlamaStep:
+
+    def __init__(self, dec: Any):
+        self.fn = kernels.llama_step()
+        if self.fn is None:
+            raise RuntimeError(kernels.why_not() or "no native kernels")
+        self.dec = dec
+        self.intermediate = dec.layers[0][5].shape[1]
+        weights = [w for layer in dec.layers for w in layer]
+        self._weights = (ctypes.c_void_p * len(weights))(*[w.data_ptr() for w in weights])
+        self._packed: list[torch.Tensor | None] = []   # kept alive: the C step reads them
+        self._packed_ptrs = None
+        self.lm_head_packed = None
+        self.amx = kernels.amx()
+        self._by_weight: dict[int, torch.Tensor | None] = {}
+        if self.amx:
+            norms = {id(layer[0]) for layer in dec.layers} | {id(layer[3]) for layer in dec.layers}
+            self._packed = [None if id(w) in norms else kernels.pack_for_amx(w) for w in weights]
+            self._packed_ptrs = (ctypes.c_void_p * len(weights))(*[p.data_ptr() if p is not None else None
+                                                                   for p in self._packed])
+            self.lm_head_packed = kernels.pack_for_amx(dec.lm_head)
+            self._by_weight = {id(w): p for w, p in zip(weights, self._packed)}
+            self._by_weight[id(dec.lm_head)] = self.lm_head_packed
+        self._gemv = kernels.bf16_gemv()
+        self.name = "chatsmith native step (AMX tiles)" if self.amx else "chatsmith native step (AVX512-BF16)"
+        # rows decoded natively, hence exactly like batch 1; wider batches take the torch path (oneDNN)
+        self.max_rows = kernels.AMX_MAX_ROWS if self.amx else kernels.MAX_ROWS
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x (..., K) @ w.T for any number of rows, on the AMX tiles: every row computed on its own (unlike
+        oneDNN's GEMM, whose rows can change with how many there are), so prompts prefill together exactly as
+        they would alone. Only with AMX: the AVX512-BF16 kernel is compute-bound past a few rows."""
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        return self._gemv(rows, w, self._by_weight[id(w)]).view(*x.shape[:-1], w.shape[0])
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, starts: list[int], cache: Any) -> torch.Tensor:
+        dec = self.dec
+        b = tokens.shape[0]
+        h = dec.embed(tokens).view(b, -1).contiguous()
+        cos, sin = dec.rotary(h, positions)
+        cos, sin = cos.reshape(b, -1).contiguous(), sin.reshape(b, -1).contiguous()
+        bufs, col = reserve(cache)
+        kptrs, vptrs = _pointer_arrays(cache, bufs)
+        first = torch.tensor(starts, dtype=torch.int64)
+        vocab = dec.lm_head.shape[0]
+        logits = torch.empty((b, vocab), dtype=torch.bfloat16)
+        sb, sh, st, _ = bufs[0][0].stride()
+        head_v = self.lm_head_packed.data_ptr() if self.lm_head_packed is not None else None
+        self.fn(h.data_ptr(), b, h.shape[1], dec.heads, dec.kv_heads, dec.head_dim, self.intermediate,
+                len(dec.layers), dec.eps, ctypes.addressof(self._weights),
+                ctypes.addressof(self._packed_ptrs) if self._packed_ptrs is not None else None, kptrs, vptrs,
+                sb, sh, st, col, first.data_ptr(), cos.data_ptr(), sin.data_ptr(), dec.norm.data_ptr(),
+                dec.lm_head.data_ptr(), head_v, vocab, logits.data_ptr(), torch.get_num_threads())
+        for layer, (k, v) in zip(cache.layers, bufs):
+            layer.keys, layer.values = k[:, :, :col + 1], v[:, :, :col + 1]
+        return logits
+
+
+def _pointer_arrays(cache: Any, bufs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Any, Any]:
+    """ctypes arrays of the layers' key and value buffer addresses, rebuilt only when the buffers change."""
+    key = tuple(k.data_ptr() for k, _ in bufs)
+    cached = getattr(cache, "_chatsmith_pointers", None)
+    if cached is None or cached[0] != key:
+        arr = ctypes.c_void_p * len(bufs)
+        cached = (key, arr(*key), arr(*(v.data_ptr() for _, v in bufs)))
+        cache._chatsmith_pointers = cached
+    return cached[1], cached[2]
