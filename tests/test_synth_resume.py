@@ -41,7 +41,9 @@ def _interrupt_after(proc, out, rows: int, sig) -> tuple[int, str]:
 
 def test_interrupted_and_killed_runs_resume_without_loss_or_duplicates(tmp_path):
     fake = FakeTeacher()
-    fake.delay = 0.04  # slow enough to stop it half-way
+    # slow enough to stop it half-way: the rest of a run takes seconds, the signal follows the 3rd row within ~0.1 s
+    # (at 0.04 s a loaded machine once saw the whole run finish before the SIGINT arrived)
+    fake.delay = 0.25
     out = tmp_path / "out.jsonl"
     cfg = tmp_path / "synth.yaml"
     with Served(fake.app) as served:

@@ -16,6 +16,9 @@ import torch
 from chatsmith.engine import kernels
 from chatsmith.engine.kvcache import reserve
 
+AMX_PACK_MAX_BYTES = 4 * 2**30
+
+
 class NativeLlamaStep:
 
     def __init__(self, dec: Any):
@@ -29,7 +32,9 @@ class NativeLlamaStep:
         self._packed: list[torch.Tensor | None] = []   # kept alive: the C step reads them
         self._packed_ptrs = None
         self.lm_head_packed = None
-        self.amx = kernels.amx()
+        # the tile-packed copies double the weights' memory: only models up to AMX_PACK_MAX_BYTES get them
+        size = sum(w.numel() * w.element_size() for w in weights) + dec.lm_head.numel() * dec.lm_head.element_size()
+        self.amx = kernels.amx() and size <= AMX_PACK_MAX_BYTES
         self._by_weight: dict[int, torch.Tensor | None] = {}
         if self.amx:
             norms = {id(layer[0]) for layer in dec.layers} | {id(layer[3]) for layer in dec.layers}
