@@ -74,13 +74,22 @@ def test_32_streaming_clients_with_disconnects(tiny_llama):
         assert ok.status_code == 200
 
 
-def test_a_client_that_gives_up_on_a_non_streamed_answer_cancels_it(tiny_llama):
+def test_a_client_that_gives_up_on_a_non_streamed_answer_cancels_it(tiny_llama, monkeypatch):
+    from chatsmith.engine.hf import DecodeBatch
+
+    real_step = DecodeBatch.step
+
+    def slow_step(self):    # the tiny model decodes 8 x 400 tokens in well under the client's 0.5 s: pace it
+        time.sleep(0.005)
+        return real_step(self)
+
+    monkeypatch.setattr(DecodeBatch, "step", slow_step)
     with Served(str(tiny_llama), model_id=MODEL_ID) as s:
         body = {"model": MODEL_ID, "max_tokens": 400, "n": 8, "temperature": 1.0, "seed": 1,
                 "messages": [{"role": "user", "content": "hi"}]}
         with pytest.raises(httpx.ReadTimeout):
             httpx.Client(timeout=httpx.Timeout(60, read=0.5)).post(s.url + "/v1/chat/completions", json=body)
-        assert s.scheduler.active() > 0           # 8 x 400 tokens: far from done when the client hung up
+        assert s.scheduler.active() > 0           # 8 x 400 tokens, >= 2 s: far from done when the client hung up
         deadline = time.monotonic() + 2
         while s.scheduler.active() and time.monotonic() < deadline:
             time.sleep(0.05)

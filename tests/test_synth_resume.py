@@ -24,8 +24,11 @@ def _lines(path) -> list[str]:
 
 def _start(cfg):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # SIGINT back to its default in the child: under a shell's background job (`make test &`) it is inherited as
+    # ignored, Python then installs no KeyboardInterrupt handler, and the Ctrl-C this test sends would do nothing
     return subprocess.Popen([sys.executable, "-m", "chatsmith", "synth", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _interrupt_after(proc, out, rows: int, sig) -> tuple[int, str]:
@@ -41,9 +44,7 @@ def _interrupt_after(proc, out, rows: int, sig) -> tuple[int, str]:
 
 def test_interrupted_and_killed_runs_resume_without_loss_or_duplicates(tmp_path):
     fake = FakeTeacher()
-    # slow enough to stop it half-way: the rest of a run takes seconds, the signal follows the 3rd row within ~0.1 s
-    # (at 0.04 s a loaded machine once saw the whole run finish before the SIGINT arrived)
-    fake.delay = 0.25
+    fake.delay = 0.04  # slow enough to stop it half-way
     out = tmp_path / "out.jsonl"
     cfg = tmp_path / "synth.yaml"
     with Served(fake.app) as served:
