@@ -199,16 +199,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.input.resolve() == args.output.resolve():
         raise ChatsmithError(f"--output {args.output} is the input file")
     items = read_items(args.input)      # a bad input fails before the model loads
-    if args.adapter and args.backend == "llamacpp":
-        raise ChatsmithError("--adapter does not work with the llamacpp backend: merge the adapter and export a GGUF "
-                             "(chatsmith merge, then chatsmith export gguf)")
-    kwargs: dict[str, Any] = {"adapters": args.adapter} if args.backend != "llamacpp" else {}
-    if args.load_in_8bit:
-        if args.backend != "transformers":
-            raise ChatsmithError("--load-in-8bit works with the transformers backend; for llama.cpp export a q8_0 "
-                                 "GGUF (chatsmith export gguf --type q8_0)")
-        kwargs["load_in_8bit"] = True
-    engine = load_engine(args.model, template=args.template, backend=args.backend, **kwargs)
+    engine = load_engine(args.model, adapters=args.adapter, template=args.template, backend=args.backend,
+                         load_in_8bit=args.load_in_8bit)
     if args.system is not None:
         engine.template = engine.template.with_system(args.system)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -26,7 +26,17 @@ def pick_template(name: str | None, meta: dict[str, Any], tokenizer: Any):
 
 
 def load_engine(model: str = "smollm2", adapters: list[str] | None = None, template: str | None = None,
-                backend: str = "transformers", **kwargs: Any) -> Engine:
+                backend: str = "transformers", load_in_8bit: bool = False, **kwargs: Any) -> Engine:
+    from chatsmith.errors import ChatsmithError
+
+    if adapters and backend == "llamacpp":
+        raise ChatsmithError("--adapter does not work with the llamacpp backend: merge the adapter and export a GGUF "
+                             "(chatsmith merge, then chatsmith export gguf)")
+    if load_in_8bit:
+        if backend != "transformers":
+            raise ChatsmithError("--load-in-8bit works with the transformers backend; for llama.cpp export a q8_0 "
+                                 "GGUF (chatsmith export gguf --type q8_0)")
+        kwargs["load_in_8bit"] = True
     if backend == "transformers":
         from chatsmith.engine.hf import HFEngine
 
@@ -39,8 +49,6 @@ def load_engine(model: str = "smollm2", adapters: list[str] | None = None, templ
         from chatsmith.engine.vllm import VLLMEngine
 
         return VLLMEngine.load(model, adapters, template, **kwargs)
-    from chatsmith.errors import ChatsmithError
-
     raise ChatsmithError(f"unknown backend {backend!r}; use transformers, llamacpp or vllm")
 
 

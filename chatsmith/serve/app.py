@@ -358,16 +358,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ChatsmithError(f"--port {args.port}: not a TCP port")
     api_key = args.api_key or os.environ.get("CHATSMITH_API_KEY") or None
-    if args.adapter and args.backend == "llamacpp":
-        raise ChatsmithError("--adapter does not work with the llamacpp backend: merge the adapter and export a GGUF "
-                             "(chatsmith merge, then chatsmith export gguf)")
-    kwargs = {"adapters": args.adapter} if args.backend != "llamacpp" else {}
-    if args.load_in_8bit:
-        if args.backend != "transformers":
-            raise ChatsmithError("--load-in-8bit works with the transformers backend; for llama.cpp export a q8_0 "
-                                 "GGUF (chatsmith export gguf --type q8_0)")
-        kwargs["load_in_8bit"] = True
-    engine = load_engine(args.model, template=args.template, backend=args.backend, **kwargs)
+    engine = load_engine(args.model, adapters=args.adapter, template=args.template, backend=args.backend,
+                         load_in_8bit=args.load_in_8bit)
     scheduler = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue)
     model_id = args.model_name or model_id_for(args.model)
     app = create_app(engine, scheduler, model_id, api_key)

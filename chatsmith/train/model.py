@@ -68,12 +68,16 @@ def check_method(cfg: TrainConfig) -> None:
     """Method and precision this machine can run (qlora needs CUDA + bitsandbytes)."""
     compute_dtype(cfg.precision)
     if cfg.method == "qlora":
-        if not torch.cuda.is_available():
-            raise MethodError("method qlora needs a CUDA GPU with bitsandbytes; on CPU use method lora")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise MethodError("method qlora needs bitsandbytes: pip install 'chatsmith[gpu]'") from None
+        _require_bitsandbytes()
+
+
+def _require_bitsandbytes() -> None:
+    if not torch.cuda.is_available():
+        raise MethodError("method qlora needs a CUDA GPU with bitsandbytes; on CPU use method lora")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise MethodError("method qlora needs bitsandbytes: pip install 'chatsmith[gpu]'") from None
 
 
 def check_targets(path: Path, cfg: TrainConfig) -> list[str] | None:
@@ -99,13 +103,8 @@ def load_base(path: Path, cfg: TrainConfig, dtype: torch.dtype):
 
     kwargs: dict[str, Any] = {}
     if cfg.method == "qlora":
-        if not torch.cuda.is_available():
-            raise MethodError("method qlora needs a CUDA GPU with bitsandbytes; on CPU use method lora")
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError:
-            raise MethodError("method qlora needs bitsandbytes: pip install 'chatsmith[gpu]'") from None
+        _require_bitsandbytes()
+        from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
