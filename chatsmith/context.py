@@ -37,6 +37,8 @@ from typing import Any
 from chatsmith.errors import ChatsmithError
 
 DONT_MAKE_UP = "Don't make up answers if you don't know."
+# the airoboros-13b-gpt4 card's preamble for documents full of questions (the model would answer them too)
+ONLY_INSTRUCTIONS = "Be sure to only respond to the instructions in the BEGININSTRUCTION block."
 DELIMITERS = ("BEGININPUT", "BEGINCONTEXT", "ENDCONTEXT", "ENDINPUT", "BEGININSTRUCTION", "ENDINSTRUCTION")
 
 # "Source:", "Sources:", "Reference(s):" ... on a line of their own (or followed by one inline value)
@@ -74,10 +76,11 @@ def replace_question_marks(text: str) -> str:
 
 
 def build_context(documents: Iterable[Document], instructions: Iterable[str] | str, *,
-                  dont_make_up: bool = False, replace_questions: bool = False) -> str:
+                  dont_make_up: bool = False, replace_questions: bool = False, preamble: str | None = None) -> str:
     """The closed-context prompt. `instructions` are lines of the instruction block; `dont_make_up` adds
     "Don't make up answers if you don't know." as its last line; `replace_questions` rewrites '?' to '.' in the
-    document texts only (metadata such as URLs and the instructions keep theirs)."""
+    document texts only (metadata such as URLs and the instructions keep theirs); `preamble` is a line before the
+    first block (the card's `ONLY_INSTRUCTIONS`)."""
     docs = list(documents)
     instr = [instructions] if isinstance(instructions, str) else list(instructions)
     instr = [i for i in instr if i.strip()]
@@ -88,6 +91,9 @@ def build_context(documents: Iterable[Document], instructions: Iterable[str] | s
     if dont_make_up and DONT_MAKE_UP not in instr:
         instr.append(DONT_MAKE_UP)
     lines: list[str] = []
+    if preamble is not None and preamble.strip():
+        _check_block(preamble, "preamble")
+        lines.append(preamble.strip("\n"))
     for n, doc in enumerate(docs, 1):
         where = f"document {n}"
         lines += ["BEGININPUT", "BEGINCONTEXT"]
@@ -250,6 +256,8 @@ def configure_context(p: argparse.ArgumentParser) -> None:
                    help=f'add "{DONT_MAKE_UP}" to the instructions')
     p.add_argument("--replace-question-marks", action="store_true",
                    help="replace '?' with '.' in the document texts (for documents full of Q/A pairs)")
+    p.add_argument("--preamble", nargs="?", const=ONLY_INSTRUCTIONS, metavar="TEXT",
+                   help=f'a line before the documents; without TEXT the airoboros card\'s "{ONLY_INSTRUCTIONS}"')
     p.add_argument("--template", help="wrap the prompt in this template (with its generation prompt)")
     p.add_argument("--system", help="system prompt when wrapping (default: the template's)")
     p.add_argument("--parse-reply", metavar="FILE|-",
@@ -291,7 +299,7 @@ def run_context(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
         return 0
     prompt = build_context(docs, instructions, dont_make_up=args.dont_make_up,
-                           replace_questions=args.replace_question_marks)
+                           replace_questions=args.replace_question_marks, preamble=args.preamble)
     if args.template:
         from chatsmith.conversation import Conversation
         from chatsmith.templates import get_template

@@ -16,11 +16,12 @@ def test_highlight_marks_exactly_the_answers_and_end_tokens(tiny_tokenizer):
         {"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]})
     r = get_template("vicuna_v1.1").render(conv, tiny_tokenizer)
     marked = highlight(r, tiny_tokenizer, color=False)
-    assert marked.endswith(f"USER: 你好 ASSISTANT: {OPEN}你好！</s>{CLOSE}")
-    assert f"USER: What is the capital of France? ASSISTANT: {OPEN}Paris.</s>{CLOSE}USER:" in marked
+    # the space after "ASSISTANT:" is trained with the answer (FastChat's tokenization)
+    assert marked.endswith(f"USER: 你好 ASSISTANT:{OPEN} 你好！</s>{CLOSE}")
+    assert f"USER: What is the capital of France? ASSISTANT:{OPEN} Paris.</s>{CLOSE}USER:" in marked
     assert marked.count(OPEN) == 2 and marked.replace(OPEN, "").replace(CLOSE, "") == r.text
     coloured = highlight(r, tiny_tokenizer, color=True)
-    assert f"{GREEN}Paris.</s>{RESET}" in coloured and OPEN not in coloured
+    assert f"{GREEN} Paris.</s>{RESET}" in coloured and OPEN not in coloured
 
 
 def test_length_stats():

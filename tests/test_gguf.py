@@ -189,3 +189,59 @@ def test_sentencepiece_style_tokenizer_refused(tiny_llama, tmp_path):
     with pytest.raises(ChatsmithError, match="byte-level BPE"):
         export_gguf(str(model), tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_tiny_llama_sentencepiece_f32_matches_engine(tiny_root, tmp_path):
+    """A LLaMA with a SentencePiece tokenizer (tokenizer.model, byte fallback, two added special tokens), as the
+    airoboros seed models are: llama.cpp reads the vicuna prompt text into the same ids and continues it greedily
+    token for token like chatsmith, and the vocabulary carries SentencePiece's scores and token types."""
+    import gguf
+    import sentencepiece
+    import tiny
+
+    import shutil
+
+    src = tmp_path / "airoboros-like"     # trained with the airoboros template (chatsmith.json)
+    shutil.copytree(tiny.build("llama-sp", tiny_root), src)
+    (src / "chatsmith.json").write_text(json.dumps({"template": "airoboros"}))
+    out = export_gguf(str(src), tmp_path / "sp.gguf", qtype="f32")
+    llm = load_gguf(out)
+    md = llm.metadata
+    assert (md["tokenizer.ggml.model"], md["tokenizer.ggml.pre"]) == ("llama", "default")
+    assert [int(md[f"tokenizer.ggml.{k}_token_id"]) for k in ("bos", "eos", "unknown")] == [1, 2, 0]
+    engine = HFEngine.load(str(src), dtype="fp32")
+    assert engine.template.name == "airoboros"
+    agree, total, rows = greedy_agreement(engine, llm, max_new=12)
+    assert rows == 5 and agree == total   # f32: identical greedy continuations
+    # byte fallback: text outside the pieces (CJK, emoji) becomes <0xNN> tokens, as in transformers and in
+    # SentencePiece itself (which alone also splits a text that starts with a space like llama.cpp: "▁▁" first)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    text = "中文 😀 tab\tand  two spaces\n\n  x"
+    assert llm.tokenize(text.encode(), add_bos=True, special=False) == engine.tokenizer(text)["input_ids"]
+    # (llama-cpp-python's detokenize keeps the dummy-prefix space that transformers' decoder strips)
+    assert llm.detokenize(engine.tokenizer(text, add_special_tokens=False)["input_ids"]).decode() == " " + text
+    for t in (text, " " + text, "What is 2+2? 12345"):
+        assert llm.tokenize(t.encode(), add_bos=False, special=False) == sp.encode(t)
+    # the vocabulary itself: every piece's score and type, the added tokens as control tokens
+    r = gguf.GGUFReader(str(out))
+    field = r.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode() for i in field.data]
+    scores = [float(r.fields["tokenizer.ggml.scores"].parts[i][0]) for i in r.fields["tokenizer.ggml.scores"].data]
+    types = [int(r.fields["tokenizer.ggml.token_type"].parts[i][0])
+             for i in r.fields["tokenizer.ggml.token_type"].data]
+    assert len(tokens) == len(engine.tokenizer) == sp.vocab_size() + len(tiny.SP_ADDED)
+    assert tokens[:sp.vocab_size()] == [sp.IdToPiece(i) for i in range(sp.vocab_size())]
+    assert scores[:sp.vocab_size()] == pytest.approx([sp.GetScore(i) for i in range(sp.vocab_size())])
+    assert tokens[sp.vocab_size():] == tiny.SP_ADDED
+    assert types[sp.vocab_size():] == [gguf.TokenType.CONTROL] * 2 and types[:3] == [
+        gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    assert tokens.index("<0x41>") == sp.PieceToId("<0x41>") and types[tokens.index("<0x41>")] == gguf.TokenType.BYTE
+    # the chat template in the file renders what chatsmith prompts with (generation prompt ending "ASSISTANT:",
+    # BOS included since this tokenizer adds one), through llama-cpp-python's own Jinja chat formatter
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    fmt = Jinja2ChatFormatter(md["tokenizer.chat_template"], eos_token="</s>", bos_token="<s>")
+    conv = Conversation([Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "Blue?")])
+    prompt = fmt(messages=[m.to_dict() for m in conv.messages]).prompt
+    assert prompt == "<s>" + engine.template.render_text(conv, add_generation_prompt=True)
+    assert prompt.endswith("</s>USER: Blue? ASSISTANT:")

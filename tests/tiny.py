@@ -1,7 +1,9 @@
 """Tiny random models and tokenizers, built locally (no hub): llama, gpt_neox and bloom.
 
 The tokenizer is a byte-level BPE trained in a second on a small corpus, with the special tokens every built-in
-template uses, so each template's control tokens are real single tokens.
+template uses, so each template's control tokens are real single tokens. `llama-sp` is a llama with a LLaMA-style
+SentencePiece tokenizer instead (a real tokenizer.model: BPE pieces with scores, byte fallback, <unk>/<s>/</s> at
+0/1/2, a dummy-prefix space) plus two added special tokens, loaded by transformers' own SentencePiece conversion.
 """
 
 from __future__ import annotations
@@ -41,15 +43,45 @@ def build_tokenizer(out: Path):
     return fast
 
 
+SP_ADDED = ["<|im_start|>", "<|im_end|>"]
+
+
+def build_sp_tokenizer(out: Path):
+    """A LLaMA-style SentencePiece tokenizer: tokenizer.model trained by sentencepiece like LLaMA's (BPE, byte
+    fallback, split digits, whitespace kept), converted by transformers, plus SP_ADDED as added special tokens."""
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_prefix=str(out / "tokenizer"), vocab_size=500, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True, minloglevel=2)
+    (out / "tokenizer.vocab").unlink(missing_ok=True)
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    tok.add_special_tokens({"additional_special_tokens": SP_ADDED})
+    tok.save_pretrained(out)
+    return tok
+
+
 def build_model(arch: str, out: Path, vocab_size: int, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM, BloomConfig, GPTNeoXConfig, LlamaConfig
 
     torch.manual_seed(seed)
-    if arch == "llama":
+    if arch in ("llama", "llama-sp"):
         cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                           bos_token_id=2, eos_token_id=3, pad_token_id=1, tie_word_embeddings=False)
+        if arch == "llama-sp":   # SentencePiece ids: <unk> 0, <s> 1, </s> 2
+            cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 1, 2, None
     elif arch == "gpt_neox":
         cfg = GPTNeoXConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=512, bos_token_id=0, eos_token_id=3,
@@ -70,6 +102,6 @@ def build(arch: str, root: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out)
+    tok = build_sp_tokenizer(out) if arch == "llama-sp" else build_tokenizer(out)
     build_model(arch, out, vocab_size=len(tok))
     return out

@@ -103,11 +103,11 @@ class _Row:
     """One sequence in a DecodeBatch: its sampling settings, stop detection and text stream."""
 
     def __init__(self, key: Hashable, prompt_len: int, params: SamplingParams, stops: tuple[list[str], list[int]],
-                 tokenizer: Any, device: Any):
+                 tokenizer: Any, device: Any, lead: str = ""):
         self.key = key
         self.params = params
         self.length = prompt_len          # real tokens in the cache for this row
-        self.text = StopTextStream(tokenizer, stops[0])
+        self.text = StopTextStream(tokenizer, stops[0], lead)
         self.stop_ids = set(stops[1])
         self.produced = 0
         self.next_token: int | None = None   # sampled, not yet fed to the model
@@ -183,7 +183,8 @@ class DecodeBatch:
                 done = [self._forward(ids) for _, ids, _ in requests]
         events = []
         for (key, prompt_ids, params), (logits, cache) in zip(requests, done):
-            row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device)
+            row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device,
+                       eng.template.answer_prefix)
             with torch.inference_mode():
                 logits = logits.float()
                 seen = None

@@ -1,5 +1,6 @@
 """Incremental detokenization with stop strings: text is released only when it cannot be the start of a stop
-string, and everything from a stop string on is never released."""
+string, and everything from a stop string on is never released. A template's `answer_prefix` (vicuna's " ",
+generated as part of the first word) is dropped from the start of the text."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ from typing import Any
 
 
 class StopTextStream:
-    def __init__(self, tokenizer: Any, stop_strings: list[str]):
+    def __init__(self, tokenizer: Any, stop_strings: list[str], lead: str = ""):
         self.tokenizer = tokenizer
+        self.lead = lead
         self.stops = [s for s in stop_strings if s]
         self.ids: list[int] = []
         self.released = 0          # chars of decoded text already handed out
         self.stopped = False
 
     def _decode(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        # a SentencePiece decoder already drops the first space; a byte-level BPE one keeps it
+        return text[len(self.lead):] if self.lead and text.startswith(self.lead) else text
 
     def add(self, token_id: int) -> str:
         """Add a token; return newly releasable text. Sets `stopped` when a stop string appears."""

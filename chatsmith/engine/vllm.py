@@ -108,8 +108,11 @@ class VLLMEngine(Engine):
                         continue
                     i = index[out.request_id]
                     c = out.outputs[0]
-                    text, toks = c.text[sent_chars[i]:], list(c.token_ids[sent_tokens[i]:])
-                    sent_chars[i], sent_tokens[i] = len(c.text), len(c.token_ids)
+                    full = c.text   # without the template's answer_prefix, as StopTextStream does
+                    lead = self.template.answer_prefix
+                    full = full[len(lead):] if lead and full.startswith(lead) else full
+                    text, toks = full[sent_chars[i]:], list(c.token_ids[sent_tokens[i]:])
+                    sent_chars[i], sent_tokens[i] = len(full), len(c.token_ids)
                     finish = None
                     if out.finished:
                         finish = "length" if c.finish_reason == "length" else "stop"

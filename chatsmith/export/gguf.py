@@ -6,7 +6,8 @@ What goes in, following llama.cpp's own convert_hf_to_gguf.py so llama.cpp reads
     llama's Q/K rows are permuted from the HF rotary layout (two halves) to llama.cpp's (interleaved pairs), and
     gpt_neox's fused QKV rows are regrouped from per-head [q k v] to [all q, all k, all v];
   * the tokenizer: a byte-level BPE as `gpt2` (tokens, types, merges, special ids, add_bos) with the
-    pre-tokenizer name llama.cpp needs to split text like the HF tokenizer does;
+    pre-tokenizer name llama.cpp needs to split text like the HF tokenizer does; a LLaMA-style SentencePiece one
+    (tokenizer.model) as `llama`, with scores and byte-fallback pieces (chatsmith/export/gguf_vocab.py);
   * `tokenizer.chat_template`: the template the model was trained with (from chatsmith.json), else the
     tokenizer's own.
 A model given as a LoRA output (or with --adapter) is merged first. Types: f32, f16 (1-D tensors stay f32, as
@@ -23,6 +24,7 @@ from typing import Any, Iterator
 from chatsmith import models
 from chatsmith.errors import ChatsmithError
 from chatsmith.export.atomic import atomic_file, check_output
+from chatsmith.export.gguf_vocab import is_sentencepiece, sentencepiece_vocab, write_sentencepiece_vocab
 
 TYPES = ("f32", "f16", "q8_0")
 ARCHS = {"llama": "LLAMA", "gpt_neox": "GPTNEOX"}
@@ -199,11 +201,13 @@ def _add_tensor(w, name: str, t, qtype: str) -> None:
 
 # ---- tokenizer ------------------------------------------------------------------------------------
 def gguf_vocab(tokenizer, path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The tokenizer as llama.cpp's `gpt2` vocabulary. Only byte-level BPE tokenizers are written: a
-    SentencePiece or other tokenizer would load but tokenize text differently, so it is refused."""
+    """The tokenizer as llama.cpp's `gpt2` vocabulary, or its `llama` one for a SentencePiece tokenizer. Other
+    tokenizers would load but tokenize text differently, so they are refused."""
     import gguf
 
     spec = _tokenizer_json(tokenizer, path)
+    if is_sentencepiece(spec):
+        return sentencepiece_vocab(tokenizer, path, config)
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not _is_byte_level(spec):
         raise ChatsmithError(f"{path}: the GGUF export writes byte-level BPE tokenizers (GPT-2 style); this "
@@ -233,6 +237,9 @@ def gguf_vocab(tokenizer, path: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_vocab(w, v: dict[str, Any]) -> None:
+    if v.get("model") == "llama":
+        write_sentencepiece_vocab(w, v)
+        return
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(v["pre"])
     w.add_token_list(v["tokens"])

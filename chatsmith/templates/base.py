@@ -58,6 +58,10 @@ class Template:
     system_format: str = "{system}"          # rendered only when there is a system prompt
     user_format: str = "{content}"
     assistant_prefix: str = ""               # the generation prompt
+    # Template text between the generation prompt and the answer, tokenized *with* the answer and trained on:
+    # FastChat's vicuna_v1.1 prompts with "ASSISTANT:" and its tokenizer sees "ASSISTANT: Blue" as ":" + " Blue",
+    # so the answer starts with " Blue" (a word with its space, as in pre-training), not "" + "Blue".
+    answer_prefix: str = ""
     assistant_suffix: str = "{eos}"          # trainable end-of-answer marker (what the model learns to stop on)
     turn_separator: str = ""                 # after each answer, not trainable
     default_system: str | None = None
@@ -90,6 +94,7 @@ class Template:
                     out += self._control(self.assistant_prefix, bos, eos)
                 break
             out += self._control(self.assistant_prefix, bos, eos)
+            out += self._control(self.answer_prefix, bos, eos, trainable=True)
             out.append(Segment(answer.content, trainable=True))
             out += self._control(self.assistant_suffix, bos, eos, trainable=True)
             out += self._control(self.turn_separator, bos, eos)

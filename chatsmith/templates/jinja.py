@@ -98,7 +98,8 @@ def to_jinja(template: Template, *, bos: bool = False) -> str:
     out += [
         user,
         "{%- else -%}",
-        _expr(t.assistant_prefix, t) + _expr("{content}", t) + _expr(t.assistant_suffix, t)
+        _expr(t.assistant_prefix, t) + _expr(t.answer_prefix, t) + _expr("{content}", t)
+        + _expr(t.assistant_suffix, t)
         + _expr(t.turn_separator, t),
         "{%- endif -%}",
         "{%- endfor -%}",
