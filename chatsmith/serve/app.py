@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from chatsmith.errors import ChatsmithError, ContextLengthError
-from chatsmith.serve import errors, prepare
+from chatsmith.serve import context_api, errors, prepare
 from chatsmith.serve.errors import APIError, sse_error
 from chatsmith.serve.guard import Guard, ServerState
 from chatsmith.serve.protocol import (
@@ -140,6 +140,10 @@ def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None =
             choices=[CompletionChoice(index=i, text=e + t, finish_reason=r)
                      for i, (e, t, r) in enumerate(zip(echoes, texts, reasons))],
             usage=_usage(prompt_tokens, sum(counts)))
+
+    @api.post("/v1/chatsmith/context")     # the web page's closed-context mode (chatsmith/serve/context_api.py)
+    async def closed_context(req: context_api.ContextRequest):
+        return context_api.handle(req)
 
     @api.get("/", include_in_schema=False)
     async def page():

@@ -1,6 +1,9 @@
 // The web chat page: keeps the conversation in memory, streams answers from /v1/chat/completions (SSE over
 // fetch, so the request can carry a JSON body and be aborted), and sends the system prompt, temperature and
 // max tokens with each request. No build step, no dependencies.
+// Closed-context mode (airoboros): documents with metadata and one or more questions become the
+// BEGININPUT/BEGININSTRUCTION prompt, and the cited sources of the answer are matched to the documents; both by
+// the server's POST /v1/chatsmith/context, the same code as `chatsmith context` (prompt, --parse-reply).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -59,11 +62,14 @@ async function* sseEvents(response) {
   }
 }
 
-async function send(text) {
+// `ctx` (closed-context mode): {prompt, documents}; the prompt is sent alone (no history: the model was trained on
+// single closed-context turns) and the answer's sources are shown when it is complete.
+async function send(text, ctx) {
   const system = $("system").value.trim();
   const messages = [];
   if (system) messages.push({ role: "system", content: system });
-  messages.push(...state.history, { role: "user", content: text });
+  if (ctx) messages.push({ role: "user", content: ctx.prompt });
+  else messages.push(...state.history, { role: "user", content: text });
   addMessage("user", text);
   const body = addMessage("assistant", "");
   const bubble = body.parentElement;
@@ -99,11 +105,12 @@ async function send(text) {
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     }
-    state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+    if (ctx) await showSources(bubble, answer, ctx.documents);
+    else state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
     $("status").textContent = finish === "length" ? "stopped at max tokens" : "";
   } catch (e) {
     if (e.name === "AbortError") {
-      state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+      if (!ctx) state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
       $("status").textContent = "stopped";
     } else {
       bubble.remove();
@@ -116,6 +123,115 @@ async function send(text) {
     state.controller = null;
     setBusy(false);
   }
+}
+
+// ---- closed-context mode ----
+async function contextCall(body) {
+  const r = await fetch("/v1/chatsmith/context", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const j = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(j.error ? j.error.message : `${r.status} ${r.statusText}`);
+  return j;
+}
+
+function addDocument() {
+  const doc = document.createElement("div");
+  doc.className = "doc";
+  const title = document.createElement("span");
+  title.className = "doc-title";
+  const meta = document.createElement("textarea");
+  meta.className = "doc-meta";
+  meta.rows = 3;
+  meta.placeholder = "url: https://some.web.site/123\ndate: 2023-06-01";
+  meta.setAttribute("aria-label", "metadata (key: value lines)");
+  const text = document.createElement("textarea");
+  text.className = "doc-text";
+  text.rows = 3;
+  text.placeholder = "the document's text";
+  text.setAttribute("aria-label", "document text");
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "doc-remove";
+  remove.textContent = "Remove";
+  remove.addEventListener("click", () => { doc.remove(); renumber(); });
+  doc.append(title, meta, text, remove);
+  $("documents").append(doc);
+  renumber();
+  return doc;
+}
+
+function renumber() {
+  document.querySelectorAll("#documents .doc-title").forEach((t, i) => { t.textContent = `Document ${i + 1}`; });
+}
+
+// The documents as {metadata, text}; a metadata line that is not "key: value" is an error naming it.
+function readDocuments() {
+  return [...document.querySelectorAll("#documents .doc")].map((doc, i) => {
+    const metadata = {};
+    for (const line of doc.querySelector(".doc-meta").value.split("\n")) {
+      if (!line.trim()) continue;
+      const cut = line.indexOf(":");
+      if (cut <= 0) throw new Error(`document ${i + 1}: metadata line "${line}" must read key: value`);
+      metadata[line.slice(0, cut).trim()] = line.slice(cut + 1).trim();
+    }
+    return { metadata, text: doc.querySelector(".doc-text").value };
+  });
+}
+
+async function sendInContext(text) {
+  let ctx;
+  try {
+    const documents = readDocuments();
+    const instructions = text.split("\n").filter((l) => l.trim());
+    const built = await contextCall({ documents, instructions, dont_make_up: $("dont-make-up").checked });
+    ctx = { prompt: built.prompt, documents };
+  } catch (e) {
+    addMessage("error", e.message).parentElement.classList.add("error");
+    return;
+  }
+  await send(text, ctx);
+}
+
+// The reply's cited sources, each matched to a document ("Document 2") or flagged as not one of them.
+async function showSources(bubble, answer, documents) {
+  const list = document.createElement("ul");
+  list.className = "sources";
+  try {
+    const parsed = await contextCall({ documents, reply: answer });
+    if (!parsed.sources.length) {
+      const li = document.createElement("li");
+      li.className = "source none";
+      li.textContent = "No sources cited.";
+      list.append(li);
+    }
+    parsed.sources.forEach((src, i) => {
+      const hit = parsed.matches[i];
+      const li = document.createElement("li");
+      li.className = `source ${hit === null ? "unmatched" : "matched"}`;
+      const what = document.createElement("span");
+      what.className = "cited";
+      what.textContent = Object.entries(src).map(([k, v]) => `${k}: ${v}`).join(", ");
+      const ref = document.createElement("span");
+      ref.className = "doc-ref";
+      ref.textContent = hit === null ? " ⚠ not one of the documents" : ` → Document ${hit + 1}`;
+      li.append(what, ref);
+      list.append(li);
+    });
+  } catch (e) {
+    const li = document.createElement("li");
+    li.className = "source unmatched";
+    li.textContent = `cannot read the sources: ${e.message}`;
+    list.append(li);
+  }
+  bubble.append(list);
+}
+
+function setContextMode(on) {
+  $("context-panel").hidden = !on;
+  $("input").placeholder = on ? "Ask about the documents: one or more questions, one per line (Shift+Enter)"
+    : "Send a message (Enter to send, Shift+Enter for a new line)";
+  if (on && !document.querySelector("#documents .doc")) addDocument();
 }
 
 function newConversation() {
@@ -131,7 +247,8 @@ $("composer").addEventListener("submit", (ev) => {
   const text = $("input").value.trim();
   if (!text || state.controller) return;
   $("input").value = "";
-  send(text);
+  if ($("context-mode").checked) sendInContext(text);
+  else send(text);
 });
 $("input").addEventListener("keydown", (ev) => {
   if (ev.key === "Enter" && !ev.shiftKey) {
@@ -141,6 +258,8 @@ $("input").addEventListener("keydown", (ev) => {
 });
 $("stop").addEventListener("click", () => state.controller && state.controller.abort());
 $("new-chat").addEventListener("click", newConversation);
+$("context-mode").addEventListener("change", () => setContextMode($("context-mode").checked));
+$("add-doc").addEventListener("click", () => addDocument().querySelector(".doc-meta").focus());
 $("temperature").addEventListener("input", () => { $("temperature-value").textContent = $("temperature").value; });
 
 loadModel();
