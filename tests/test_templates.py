@@ -485,6 +485,21 @@ def test_hf_template_with_other_chat_templates(chat_template, labels, sp_tok):
             == [i for i in template.render(benign, tok).input_ids if i in control_ids])
 
 
+def test_hf_template_knows_the_answer_lead(tiny_tok, smol):
+    """The space an answer starts with that the generation prompt leaves out (the engine drops it from replies):
+    a chat_template generated from airoboros (as in an exported GGUF), Llama-2's; none for ChatML."""
+    import copy
+
+    from chatsmith.templates.jinja import install_chat_template
+
+    tok = copy.copy(tiny_tok)
+    install_chat_template(tok, get_template("airoboros"))
+    assert get_template("hf", tok).answer_prefix == " "
+    tok.chat_template = LLAMA2_CHAT_TEMPLATE
+    assert get_template("hf", tok).answer_prefix == " "
+    assert get_template("hf", smol).answer_prefix == ""
+
+
 def test_hf_template_refuses_contents_it_cannot_locate(sp_tok):
     import copy
 

@@ -27,7 +27,7 @@ class HFTemplate(Template):
         eos = tokenizer.eos_token or ""
         return cls(name="hf", description="the tokenizer's chat_template", tokenizer=tokenizer,
                    default_eos=eos, default_bos=tokenizer.bos_token or "", add_bos=False,
-                   assistant_suffix="", stop_strings=tuple(s for s in _end_markers(tokenizer) if s))
+                   assistant_suffix="", answer_prefix=_answer_lead(tokenizer), stop_strings=tuple(s for s in _end_markers(tokenizer) if s))
 
     def _apply(self, msgs: list[dict], gen: bool) -> str:
         try:
@@ -145,3 +145,18 @@ def _end_markers(tokenizer: Any) -> list[str]:
         if t in vocab and t not in found:
             found.insert(0, t)
     return found
+
+
+def _answer_lead(tokenizer: Any) -> str:
+    """The spacing an answer starts with that the generation prompt leaves out (vicuna's " " after "ASSISTANT:",
+    Llama-2's " " after "[/INST]"): the model generates it, the engine drops it from the reply text."""
+    user = {"role": "user", "content": "x"}
+    try:
+        prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": "\ue000"}], tokenize=False)
+    except Exception:  # a template that needs other roles or keys: no lead known
+        return ""
+    if not full.startswith(prompt) or "\ue000" not in full[len(prompt):]:
+        return ""
+    lead = full[len(prompt):full.index("\ue000", len(prompt))]
+    return lead if not lead.strip() else ""
