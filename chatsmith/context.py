@@ -19,7 +19,7 @@ The model answers, then cites the metadata of the blocks it used:
     url: https://web.site/123
 
 `build_context` writes the prompt text (every line ends with a newline, so wrapped in vicuna_v1.1 it reads
-"...ENDINSTRUCTION\\n ASSISTANT: " exactly as the airoboros model card shows); `parse_reply` splits a reply
+"...ENDINSTRUCTION\\n ASSISTANT:" exactly as the airoboros model cards show); `parse_reply` splits a reply
 into the answer and its sources. The `chatsmith context` verb does both from the command line.
 """
 
