@@ -222,6 +222,14 @@ def test_tiny_llama_sentencepiece_f32_matches_engine(tiny_root, tmp_path):
     assert llm.detokenize(engine.tokenizer(text, add_special_tokens=False)["input_ids"]).decode() == " " + text
     for t in (text, " " + text, "What is 2+2? 12345"):
         assert llm.tokenize(t.encode(), add_bos=False, special=False) == sp.encode(t)
+    # a multi-turn prompt ("</s>USER: ..."): llama.cpp puts the word marker after a special token, like a legacy
+    # LLaMA tokenizer, for which chatsmith renders the same ids (a non-legacy one differs there, by design)
+    from chatsmith.templates import get_template
+
+    legacy = tiny.build_sp_tokenizer(tmp_path / "legacy-tokenizer", legacy=True)
+    turns = Conversation([Message("user", "Hi"), Message("assistant", "Hello! 12"), Message("user", "Again?")])
+    r = get_template("airoboros").render(turns, legacy, add_generation_prompt=True)
+    assert llm.tokenize(r.text.encode(), add_bos=True, special=True) == r.input_ids == legacy(r.text).input_ids
     # the vocabulary itself: every piece's score and type, the added tokens as control tokens
     r = gguf.GGUFReader(str(out))
     field = r.fields["tokenizer.ggml.tokens"]

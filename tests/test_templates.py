@@ -385,11 +385,24 @@ def test_fastchat_boundary_golden_ids(name, tok_name, tiny_tok, llama_sp_tok):
     assert _decode_labels(tok, r.labels) == " Blue</s>"
 
 
+@pytest.fixture(scope="module")
+def legacy_sp_tok(tmp_path_factory):
+    """The same kind of tokenizer with legacy=True (LLaMA-1-era: "</s>USER" -> "</s>" "▁USER")."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("llama-sp-legacy")
+    tiny.build_sp_tokenizer(path, legacy=True)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    assert tok.legacy and tok.convert_ids_to_tokens(tok("</s>USER", add_special_tokens=False).input_ids)[1] == "▁"
+    return tok
+
+
+@pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("system", ["", None])
-def test_loss_mask_is_fastchats(system, llama_sp_tok):
-    """Multi-turn, with and without a system prompt: ids and labels equal FastChat's train.py preprocessing on
-    a LLaMA-style SentencePiece tokenizer (where its "-2" offsets hold)."""
-    tok = llama_sp_tok
+def test_loss_mask_is_fastchats(system, legacy, llama_sp_tok, legacy_sp_tok):
+    """Multi-turn, with and without a system prompt, legacy or not: ids and labels equal FastChat's train.py
+    preprocessing on a LLaMA-style SentencePiece tokenizer (where its "-2" offsets hold)."""
+    tok = legacy_sp_tok if legacy else llama_sp_tok
     conv = Conversation([Message("user", "Hi there"), Message("assistant", "Hello! What is 2+2?"),
                          Message("user", "Again?"), Message("assistant", "Yes: 4.\nBlue")], system=system)
     r = get_template("airoboros", tok).render(conv, tok)

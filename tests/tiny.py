@@ -46,9 +46,10 @@ def build_tokenizer(out: Path):
 SP_ADDED = ["<|im_start|>", "<|im_end|>"]
 
 
-def build_sp_tokenizer(out: Path):
+def build_sp_tokenizer(out: Path, legacy: bool = False):
     """A LLaMA-style SentencePiece tokenizer: tokenizer.model trained by sentencepiece like LLaMA's (BPE, byte
-    fallback, split digits, whitespace kept), converted by transformers, plus SP_ADDED as added special tokens."""
+    fallback, split digits, whitespace kept), converted by transformers, plus SP_ADDED as added special tokens.
+    legacy=True: LLaMA-1-era behaviour, text after a special token gets the word marker ("</s>▁USER")."""
     import json
 
     import sentencepiece as spm
@@ -64,10 +65,12 @@ def build_sp_tokenizer(out: Path):
     (out / "tokenizer.vocab").unlink(missing_ok=True)
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+        "add_bos_token": True, "add_eos_token": False, "legacy": legacy}))
     tok = AutoTokenizer.from_pretrained(str(out))
     tok.add_special_tokens({"additional_special_tokens": SP_ADDED})
     tok.save_pretrained(out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": legacy}))  # not saved by transformers
     return tok
 
 

@@ -20,15 +20,20 @@ def encode_segments(tokenizer: Any, segments: list[Segment]) -> tuple[list[int],
     ids: list[int] = []
     flags: list[bool] = []
     first = True
+    after_special = False
     for trainable, chunk in _chunks(segments):
         for piece, special_id in _pieces(tokenizer, chunk):
             if special_id is not None:
                 piece_ids = [special_id]
             else:
-                piece_ids = encode_text(tokenizer, piece, continuation=not first)
+                # text after a special token starts afresh where the tokenizer does so in a whole text (legacy
+                # LLaMA: "</s>USER" -> "</s>" "▁USER", as FastChat trained with it and llama.cpp reads it)
+                fresh = first or (after_special and _fresh_after_special(id(tokenizer), tokenizer))
+                piece_ids = encode_text(tokenizer, piece, continuation=not fresh)
             ids += piece_ids
             flags += [trainable] * len(piece_ids)
             first = False
+            after_special = special_id is not None
     return ids, flags
 
 
@@ -118,6 +123,16 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 def _adds_prefix_space(key: int, tokenizer: Any) -> bool:
     toks = tokenizer.convert_ids_to_tokens(_encode(tokenizer, "a"))
     return bool(toks) and toks[0] in ("▁a", "▁", "Ġa")
+
+
+@lru_cache(maxsize=64)
+def _fresh_after_special(key: int, tokenizer: Any) -> bool:
+    """Does this tokenizer put its word marker on text right after a special token ("</s>a" -> "</s>", "▁a")?"""
+    eos = getattr(tokenizer, "eos_token", None)
+    if not eos or not _adds_prefix_space(key, tokenizer):
+        return False
+    ids = list(tokenizer(eos + "a", add_special_tokens=False)["input_ids"])
+    return len(ids) >= 2 and ids[1:] == _encode(tokenizer, "a")
 
 
 @lru_cache(maxsize=64)
