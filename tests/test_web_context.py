@@ -12,7 +12,7 @@ import httpx
 import pytest
 from test_web import ARGS, CHROMIUM
 
-from chatsmith.context import Document, build_context
+from chatsmith.context import ONLY_INSTRUCTIONS, Document, build_context
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import SamplingParams
 from chatsmith.serve.background import Served
@@ -52,6 +52,9 @@ def test_context_endpoint_is_the_cli_code(served):
                                                                 "preamble": "Be brief."})
     assert r.status_code == 200 and r.json() == {"prompt": build_context([BLUE, SHOP], QUESTIONS,
                                                                           preamble="Be brief.")}
+    r = httpx.post(served.url + "/v1/chatsmith/context", json={"documents": docs, "instructions": QUESTIONS,
+                                                                "preamble": True})
+    assert r.json()["prompt"].startswith(ONLY_INSTRUCTIONS + "\nBEGININPUT\n")
     r = httpx.post(served.url + "/v1/chatsmith/context", json={"documents": docs, "reply": REPLY})
     assert r.json()["matches"] == [0, None, 1] and r.json()["sources"][1] == {"url": "https://made.up/page"}
     bad = httpx.post(served.url + "/v1/chatsmith/context",
@@ -71,6 +74,7 @@ def fill_documents(page):
         docs.nth(i).locator(".doc-text").fill(d.text)
     page.uncheck("#dont-make-up")
     page.fill("#input", "\n".join(QUESTIONS))
+    assert not page.is_checked("#only-instructions")
 
 
 def test_closed_context_prompt_and_answer_from_the_model(served, page):
@@ -93,6 +97,18 @@ def test_closed_context_prompt_and_answer_from_the_model(served, page):
                                                                                   temperature=0))[0].text
     assert page.inner_text(".msg.assistant .content") == expect
     assert page.inner_text(".msg.assistant .sources") == "No sources cited."
+
+    # the older card's preamble and "Don't make up answers": the prompt `chatsmith context --preamble
+    # --dont-make-up` builds
+    page.check("#dont-make-up")
+    page.check("#only-instructions")
+    page.fill("#input", QUESTIONS[0])
+    page.press("#input", "Enter")
+    page.wait_for_function("document.querySelectorAll(\".msg.assistant[data-done='1'] .sources\").length === 2",
+                           timeout=60_000)
+    chat = [body for url, body in sent if url.endswith("/v1/chat/completions")]
+    assert chat[-1]["messages"] == [{"role": "user", "content": build_context(
+        [BLUE, SHOP], QUESTIONS[:1], dont_make_up=True, preamble=ONLY_INSTRUCTIONS)}]
 
 
 def test_cited_sources_are_matched_and_an_unknown_one_is_flagged(served, page, tmp_path):

@@ -184,7 +184,9 @@ async function sendInContext(text) {
   try {
     const documents = readDocuments();
     const instructions = text.split("\n").filter((l) => l.trim());
-    const built = await contextCall({ documents, instructions, dont_make_up: $("dont-make-up").checked });
+    const built = await contextCall({
+      documents, instructions, dont_make_up: $("dont-make-up").checked, preamble: $("only-instructions").checked,
+    });
     ctx = { prompt: built.prompt, documents };
   } catch (e) {
     addMessage("error", e.message).parentElement.classList.add("error");
