@@ -27,7 +27,8 @@ class HFTemplate(Template):
         eos = tokenizer.eos_token or ""
         return cls(name="hf", description="the tokenizer's chat_template", tokenizer=tokenizer,
                    default_eos=eos, default_bos=tokenizer.bos_token or "", add_bos=False,
-                   assistant_suffix="", answer_prefix=_answer_lead(tokenizer), stop_strings=tuple(s for s in _end_markers(tokenizer) if s))
+                   assistant_suffix="", stop_strings=tuple(s for s in _end_markers(tokenizer) if s),
+                   answer_prefix=_answer_lead(tokenizer))
 
     def _apply(self, msgs: list[dict], gen: bool) -> str:
         try:
