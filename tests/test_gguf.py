@@ -253,3 +253,26 @@ def test_tiny_llama_sentencepiece_f32_matches_engine(tiny_root, tmp_path):
     prompt = fmt(messages=[m.to_dict() for m in conv.messages]).prompt
     assert prompt == "<s>" + engine.template.render_text(conv, add_generation_prompt=True)
     assert prompt.endswith("</s>USER: Blue? ASSISTANT:")
+
+
+def test_sentencepiece_from_tokenizer_json_only(tiny_root, tmp_path):
+    """A fine-tuned or merged LLaMA saved by transformers has tokenizer.json but no tokenizer.model: the scores
+    come from tokenizer.json's merges, and llama.cpp still splits text exactly as SentencePiece does and
+    continues prompts like chatsmith."""
+    import shutil
+
+    import sentencepiece
+    import tiny
+
+    src = tmp_path / "finetuned"
+    shutil.copytree(tiny.build("llama-sp", tiny_root), src)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    (src / "tokenizer.model").unlink()
+    llm = load_gguf(export_gguf(str(src), tmp_path / "ft.gguf", qtype="f32"))
+    assert llm.metadata["tokenizer.ggml.model"] == "llama"
+    texts = [*dict.fromkeys(tiny.CORPUS), " 中文 😀 tab\tand  two spaces", "What is 2+2? 12345", "x\n\n  y",
+             "ENDINSTRUCTION\n ASSISTANT: Blue"]
+    assert [llm.tokenize(t.encode(), add_bos=False, special=False) for t in texts] == [sp.encode(t) for t in texts]
+    engine = HFEngine.load(str(src), template="airoboros", dtype="fp32")
+    agree, total, rows = greedy_agreement(engine, llm, max_new=8)
+    assert rows == 5 and agree == total

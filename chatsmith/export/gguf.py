@@ -207,7 +207,7 @@ def gguf_vocab(tokenizer, path: Path, config: dict[str, Any]) -> dict[str, Any]:
 
     spec = _tokenizer_json(tokenizer, path)
     if is_sentencepiece(spec):
-        return sentencepiece_vocab(tokenizer, path, config)
+        return sentencepiece_vocab(tokenizer, path, config, spec)
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not _is_byte_level(spec):
         raise ChatsmithError(f"{path}: the GGUF export writes byte-level BPE tokenizers (GPT-2 style); this "
