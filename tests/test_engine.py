@@ -186,9 +186,18 @@ def test_answer_prefix_is_dropped_from_the_text(tiny_tokenizer, llama):
     s = StopTextStream(tiny_tokenizer, [], lead=" ")
     assert "".join(s.add(i) for i in tiny_tokenizer(" ", add_special_tokens=False).input_ids * 2) == " "
     assert llama.template.answer_prefix == " "
-    for r in llama.generate(PROMPTS, GREEDY):
-        full = llama.tokenizer.decode(r.token_ids).rstrip("\ufffd")   # flush drops a cut UTF-8 sequence
-        assert r.text == (full[1:] if full.startswith(" ") else full)
+    # "The capital of France is" as a text completion (raw_text, /v1/completions) keeps its leading space
+    from dataclasses import replace
+
+    prompts = [*PROMPTS, *(llama.tokenizer(t).input_ids for t in ("The capital of France is", "hello USER: x"))]
+    chat, raw = llama.generate(prompts, GREEDY), llama.generate(prompts, replace(GREEDY, raw_text=True))
+    assert [r.token_ids for r in chat] == [r.token_ids for r in raw]
+    spaced = 0
+    for c, r in zip(chat, raw):
+        full = llama.tokenizer.decode(c.token_ids).rstrip("\ufffd")   # flush drops a cut UTF-8 sequence
+        assert c.text == (full[1:] if full.startswith(" ") else full) and r.text == full
+        spaced += full.startswith(" ")
+    assert spaced, "the test needs an answer that starts with a space"
 
 
 def test_bf16_engine_runs_and_auto_dtype(tiny_llama):

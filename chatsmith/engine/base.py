@@ -22,6 +22,9 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)       # extra stop strings (the template's are always added)
     stop_ids: list[int] = field(default_factory=list)   # extra stop ids
+    # a text completion, not an answer to a chat prompt: keep its start as generated (an answer loses the
+    # template's answer_prefix, vicuna's " " after "ASSISTANT:")
+    raw_text: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -125,6 +128,10 @@ class Engine:
         strings = [*strings, *[s for s in params.stop if s and s not in strings]]
         ids = [*ids, *[i for i in params.stop_ids if i not in ids]]
         return strings, ids
+
+    def answer_lead(self, params: SamplingParams) -> str:
+        """What to drop from the start of the generated text (see SamplingParams.raw_text)."""
+        return "" if params.raw_text else self.template.answer_prefix
 
     def chat(self, conv: Conversation, params: SamplingParams | None = None) -> str:
         return self.generate([conv], params or SamplingParams())[0].text

@@ -184,7 +184,7 @@ class DecodeBatch:
         events = []
         for (key, prompt_ids, params), (logits, cache) in zip(requests, done):
             row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device,
-                       eng.template.answer_prefix)
+                       eng.answer_lead(params))
             with torch.inference_mode():
                 logits = logits.float()
                 seen = None

@@ -94,7 +94,7 @@ class LlamaCppEngine(Engine):
 
     def _one(self, i: int, prompt_ids: list[int], p: SamplingParams, cancelled: Any) -> Iterator[Delta]:
         strings, stop_ids = self.stops(p)
-        text = StopTextStream(self.tokenizer, strings, self.template.answer_prefix)
+        text = StopTextStream(self.tokenizer, strings, self.answer_lead(p))
         stop_ids = set(stop_ids)
         self.llm.set_seed(p.seed if p.seed is not None else random.getrandbits(31))
         produced = 0

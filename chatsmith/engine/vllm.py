@@ -109,7 +109,7 @@ class VLLMEngine(Engine):
                     i = index[out.request_id]
                     c = out.outputs[0]
                     full = c.text   # without the template's answer_prefix, as StopTextStream does
-                    lead = self.template.answer_prefix
+                    lead = self.answer_lead(plist[i])
                     full = full[len(lead):] if lead and full.startswith(lead) else full
                     text, toks = full[sent_chars[i]:], list(c.token_ids[sent_tokens[i]:])
                     sent_chars[i], sent_tokens[i] = len(full), len(c.token_ids)

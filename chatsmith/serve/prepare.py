@@ -72,6 +72,7 @@ def sampling(engine: Any, req: ChatCompletionRequest | CompletionRequest, prompt
         repetition_penalty=req.repetition_penalty or 1.0,
         seed=req.seed,
         stop=req.stops(),
+        raw_text=isinstance(req, CompletionRequest),   # a text completion keeps its leading space
     )
 
 
