@@ -191,7 +191,7 @@ def test_sentencepiece_style_tokenizer_refused(tiny_llama, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
-def test_tiny_llama_sentencepiece_f32_matches_engine(tiny_root, tmp_path):
+def test_tiny_llama_sentencepiece_f32_matches_engine(tiny_root, tmp_path, monkeypatch):
     """A LLaMA with a SentencePiece tokenizer (tokenizer.model, byte fallback, two added special tokens), as the
     airoboros seed models are: llama.cpp reads the vicuna prompt text into the same ids and continues it greedily
     token for token like chatsmith, and the vocabulary carries SentencePiece's scores and token types."""
@@ -244,6 +244,19 @@ def test_tiny_llama_sentencepiece_f32_matches_engine(tiny_root, tmp_path):
     assert types[sp.vocab_size():] == [gguf.TokenType.CONTROL] * 2 and types[:3] == [
         gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     assert tokens.index("<0x41>") == sp.PieceToId("<0x41>") and types[tokens.index("<0x41>")] == gguf.TokenType.BYTE
+    # chatsmith's own llama.cpp backend on the file (tokenizer read back from the GGUF by transformers): the same
+    # ids and greedy answers as the transformers engine, a multi-turn conversation included
+    from chatsmith.engine.llamacpp import LlamaCppEngine
+
+    monkeypatch.setenv("CHATSMITH_CACHE", str(tmp_path / "cache"))
+    lc = LlamaCppEngine.load(str(out), template="airoboros", n_threads=1)
+    convs = [*conversations()[:2], Conversation([Message("user", "Hi"), Message("assistant", "Hello! 12"),
+                                                 Message("user", "Again?")])]
+    assert [lc.prompt_ids(c) for c in convs] == [engine.prompt_ids(c) for c in convs]
+    greedy = SamplingParams(temperature=0, max_new_tokens=10)
+    assert ([(r.token_ids, r.text) for r in lc.generate(convs, greedy)]
+            == [(r.token_ids, r.text) for r in engine.generate(convs, greedy)])
+    lc.close()
     # the chat template in the file renders what chatsmith prompts with (generation prompt ending "ASSISTANT:",
     # BOS included since this tokenizer adds one), through llama-cpp-python's own Jinja chat formatter
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
