@@ -83,12 +83,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerThread:
     """`with ServerThread(app) as srv: httpx.get(srv.url + "/health")`."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning"):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning",
+                 **config: Any):
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, log_level, graceful_s=2))
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, log_level, graceful_s=2, **config))
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
     def start(self, timeout: float = 30.0) -> ServerThread:
@@ -116,7 +117,7 @@ class Served:
 
     def __init__(self, model: str, *, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
                  template: str | None = None, backend: str = "transformers", model_id: str | None = None,
-                 engine: Any = None, cors_origins: tuple[str, ...] = ()):
+                 engine: Any = None, cors_origins: tuple[str, ...] = (), **config: Any):
         from chatsmith.engine import load_engine
         from chatsmith.engine.scheduler import Scheduler
         from chatsmith.serve.app import create_app, model_id_for
@@ -125,7 +126,7 @@ class Served:
         self.scheduler = Scheduler(self.engine, max_batch=max_batch, max_queue=max_queue)
         self.model_id = model_id or model_id_for(model)
         self.app = create_app(self.engine, self.scheduler, self.model_id, api_key, cors_origins=cors_origins)
-        self.thread = ServerThread(self.app)
+        self.thread = ServerThread(self.app, **config)   # config: uvicorn_config's max_connections, header_timeout
         self.url = self.thread.url
 
     def __enter__(self) -> Served:
