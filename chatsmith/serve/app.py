@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import signal
 import threading
@@ -56,16 +55,7 @@ def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None =
     """The ASGI app: FastAPI routes wrapped in the Guard (drain, Host, Origin, key, media type, size limit);
     `app.server` is the shared ServerState."""
     state = state or ServerState(api_key, cors_origins=tuple(cors_origins))
-    render_slots: list = []
-
-    async def off_loop(fn, *args):
-        """fn(*args) in a worker thread, one at a time: callers share one tokenizer (a Rust object that one
-        thread at a time should drive), and a long render then never delays /health or the streams."""
-        import anyio
-
-        if not render_slots:
-            render_slots.append(anyio.CapacityLimiter(1))
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=render_slots[0])
+    off_loop = prepare.RenderThread().run     # rendering and tokenizing: never on the event loop
     api = FastAPI(title="chatsmith", docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(api)
     api.add_exception_handler(ClientGone, lambda request, exc: Response(status_code=499))

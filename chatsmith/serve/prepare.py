@@ -12,6 +12,10 @@ linear in the conversation's size, but they still run in a worker thread (see ap
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import queue
+import threading
 from typing import Any
 
 from chatsmith.conversation import Conversation
@@ -23,6 +27,38 @@ from chatsmith.serve.protocol import MAX_CHOICES, ChatCompletionRequest, Complet
 DEFAULT_TEMPERATURE = 0.7      # FastChat's default; OpenAI's 1.0 is too wild for small models
 DEFAULT_CHAT_TOKENS = 512      # when max_tokens is not given (capped by what the context leaves)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+class RenderThread:
+    """Where requests are rendered and tokenized: one thread, one request at a time, off the event loop (so a
+    long render never delays /health or the streams; and the callers share one tokenizer, a Rust object best
+    driven by one thread). A daemon thread of our own rather than anyio's or a ThreadPoolExecutor's workers:
+    those are joined at interpreter exit, so a render in progress (or an idle worker) would hold the process
+    past the drain deadline."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        job: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((job, fn, args))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="chatsmith-render", daemon=True)
+                self._thread.start()
+        return await asyncio.wrap_future(job)      # cancelling the caller cancels a job not yet started
+
+    def _work(self) -> None:
+        while True:
+            job, fn, args = self._jobs.get()
+            if not job.set_running_or_notify_cancel():
+                continue
+            try:
+                job.set_result(fn(*args))
+            except BaseException as e:   # handed to the awaiting request
+                job.set_exception(e)
 
 
 def longest_token_chars(engine: Any) -> int:
