@@ -257,6 +257,7 @@ def test_an_error_in_the_llamacpp_worker_fails_only_that_request(tiny_llama):
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the worker's death
 def test_a_dead_worker_makes_health_503(tiny_llama, monkeypatch):
     import chatsmith.engine.hf as hf
 
