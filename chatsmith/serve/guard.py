@@ -1,5 +1,5 @@
 """The ASGI layer in front of every route, in this order: draining (503), the Host check (403), the Origin check
-(403), the API key (401), the body's media type (415), its size (413) and read deadline (408), and a count of
+(403), the API key (401), the body's size (413), media type (415) and read deadline (408), and a count of
 requests in flight (so SIGTERM can wait for them).
 
 Browsers are the threat these checks answer: without them any web page could make a no-key server on this machine
