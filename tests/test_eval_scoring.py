@@ -156,3 +156,23 @@ def test_score_automatic_counts_items_and_keeps_unscored_with_reasons(tmp_path):
     assert audit[("base", "u1")]["class"] == "invented" and "cites" in audit[("base", "u1")]["reason"]
     assert audit[("tuned", "u3")]["unscored"] == "no answer"
     assert json.loads((d / "metrics.json").read_text()) == m
+
+
+def test_report_shows_cite_abstain_invented_side_by_side_with_counts(tmp_path):
+    from chatsmith.eval.report import skill_table, write_report
+
+    d = _run_dir(tmp_path)
+    m = score_automatic(d)
+    paths = write_report(d)
+    md = paths["markdown"].read_text()
+    assert "| Suite | System | cite | n answerable | abstain | invented | other | n unanswerable | Unscored |" in md
+    assert "| heldout | base | 0 | 1 (<10) | 0 | 66.7 | 33.3 | 3 (<10) | 1 |" in md
+    assert "| heldout | tuned | 100 | 1 (<10) | 100 | 0 | 0 | 1 (<10) | 3 |" in md
+    assert "fewer than 10 items in this run" in md
+    assert "tuned, heldout: answer failed: timeout x1" in md and "tuned, heldout: no answer x1" in md
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG" and "scores.png" in paths["html"].read_text()
+    table = skill_table(m, ["base", "tuned"]).splitlines()
+    assert table[1].split() == ["context.cite", "heldout", "1", "(<10)", "0.0%", "100.0%"]
+    assert table[3].split() == ["context.invented", "(lower=better)", "heldout", "3", "/", "1", "(<10)", "66.7%",
+                                "0.0%"]
+    assert table[-2].startswith("unscored: 4 item answer(s)")

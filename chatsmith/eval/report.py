@@ -157,6 +157,16 @@ def _n_cell(ns: list[int]) -> str:
     return text + (f" (<{FEW_ITEMS})" if not ns or min(ns) < FEW_ITEMS else "")
 
 
+def _figure_keys(m: dict) -> list[tuple[str, str]]:
+    """(suite, figure) in run order of suites; within a suite cite, abstain, invented, other, tests, form, rest."""
+    from chatsmith.eval.metrics import CODE_FIGURES, CONTEXT_FIGURES
+
+    first = CONTEXT_FIGURES + CODE_FIGURES
+    keys = list(dict.fromkeys((f["suite"] or f["category"], f["figure"]) for f in m["figures"]))
+    suites = list(dict.fromkeys(k[0] for k in keys))
+    return sorted(keys, key=lambda k: (suites.index(k[0]), first.index(k[1]) if k[1] in first else len(first), k[1]))
+
+
 def _index(m: dict) -> dict[tuple[str, str, str], dict]:
     """(system, suite, figure) -> entry; a suite is named by its file stem (its category when it has none)."""
     return {(f["system"], f["suite"] or f["category"], f["figure"]): f for f in m["figures"]}
@@ -268,7 +278,7 @@ def skill_table(m: dict, systems: list[str]) -> str:
     from chatsmith.eval.metrics import FEW_ITEMS, LOWER_IS_BETTER
 
     idx = _index(m)
-    keys = list(dict.fromkeys((f["suite"] or f["category"], f["figure"]) for f in m["figures"]))
+    keys = _figure_keys(m)
     lines = [f"{'skill':<31} {'suite':<22} {'items':>10} " + " ".join(f"{s:>9}" for s in systems)]
     few = False
     for suite, fig in keys:
@@ -366,10 +376,11 @@ def bar_chart(chart: dict[str, dict[str, tuple[float, float | None]]], systems: 
         xs = [i + (j - (len(systems) - 1) / 2) * width for i in range(len(cats))]
         ys = [chart[c].get(s, (0.0, None))[0] for c in cats]
         errs = [chart[c].get(s, (0.0, None))[1] or 0.0 for c in cats]
-        ax.bar(xs, ys, width, label=s, yerr=errs if any(errs) else None, capsize=3)
+        bars = ax.bar(xs, ys, width, label=s, yerr=errs if any(errs) else None, capsize=3)
+        ax.bar_label(bars, fmt="%.0f", fontsize="x-small")  # a 0 bar is a score, not a missing one
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([c for c in cats], rotation=30, ha="right", fontsize="small")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 108)  # room for the value labels
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize="small")
@@ -431,8 +442,7 @@ def _metric_chart(m: dict, systems: list[str]) -> dict:
 
     chart: dict[str, dict[str, tuple[float, float | None]]] = {}
     idx = _index(m)
-    keys = list(dict.fromkeys((f["suite"] or f["category"], f["figure"]) for f in m["figures"]
-                              if f["figure"] != "chrf"))
+    keys = [k for k in _figure_keys(m) if k[1] != "chrf"]
     for suite, fig in keys:
         ns = [idx[(s, suite, fig)]["n"] for s in systems if (s, suite, fig) in idx]
         label = f"{fig}{' (lower=better)' if fig in LOWER_IS_BETTER else ''}\n{suite} n={_n_cell(ns)}"
