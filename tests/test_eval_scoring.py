@@ -176,3 +176,25 @@ def test_report_shows_cite_abstain_invented_side_by_side_with_counts(tmp_path):
     assert table[3].split() == ["context.invented", "(lower=better)", "heldout", "3", "/", "1", "(<10)", "66.7%",
                                 "0.0%"]
     assert table[-2].startswith("unscored: 4 item answer(s)")
+
+
+def test_code_whose_tests_may_not_run_keeps_its_form_and_is_unscored_for_tests(tmp_path, monkeypatch):
+    from chatsmith.eval import metrics
+
+    def refuse(*a, **k):
+        raise metrics.Unscored("code execution not allowed")
+
+    monkeypatch.setattr(metrics, "run_code_tests", refuse)
+    r = score_item(PLAIN, GOOD)
+    assert r["scores"] == {"code.form": 1.0} and r["unscored_figures"] == {"code.tests": "code execution not allowed"}
+    d = tmp_path / "run"
+    (d / "answers").mkdir(parents=True)
+    (d / "suite.jsonl").write_text(json.dumps(dict(PLAIN.to_dict(), suite="code")) + "\n")
+    (d / "answers" / "tuned.jsonl").write_text(json.dumps({"id": "k", "answer": GOOD}) + "\n")
+    m = score_automatic(d)
+    fig = {f["figure"]: f for f in m["figures"]}
+    assert (fig["code.form"]["mean"], fig["code.form"]["n"]) == (1.0, 1)
+    assert (fig["code.tests"]["mean"], fig["code.tests"]["n"], fig["code.tests"]["unscored_reasons"]) == \
+        (None, 0, {"code execution not allowed": 1})
+    assert m["unscored"] == [{"system": "tuned", "item": "k", "suite": "code", "figures": ["code.tests"],
+                              "unscored": "code execution not allowed"}]

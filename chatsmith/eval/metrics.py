@@ -34,7 +34,9 @@
                     of the question (off-topic). -> context.other
 
 An item whose metric cannot be computed (no answer, a failed generation, no fact to check, code execution not
-allowed ...) is an *unscored* row with its reason; it is counted per figure and listed, never dropped.
+allowed ...) is an *unscored* row with its reason; it is counted per figure and listed, never dropped. When only
+some of an item's figures can be computed (code whose tests may not run still has a form), the others are
+listed in its "unscored_figures" with their reasons.
 
 `score_automatic(answers_dir)` scores every answer and writes DIR/metrics.jsonl (one auditable row per system x
 item: its figures, class and reason) and DIR/metrics.json (per system, suite and figure: mean, n scored,
@@ -326,7 +328,12 @@ def score_code(item: SuiteItem, answer: str, *, code_timeout: float, memory_mb: 
     elif form_why.startswith("does not parse"):
         run = {"passed": False, "status": "not run", "stderr": ""}
     else:
-        run = run_code_tests(item, code, timeout=code_timeout, memory_mb=memory_mb)
+        try:
+            run = run_code_tests(item, code, timeout=code_timeout, memory_mb=memory_mb)
+        except Unscored as e:  # e.g. code execution not allowed: the form is still scored, the tests are not
+            return {"metric": "code", "score": None, "scores": {"code.form": float(form_ok)},
+                    "unscored_figures": {"code.tests": str(e)}, "class": "unscored",
+                    "reason": f"tests not run: {e}; form: {form_why}"}
     tests_why = "tests ran to their end" if run["passed"] else \
         ("empty reply" if run["status"] == "empty" else
          "not run: the code does not parse" if run["status"] == "not run" else f"tests {run['status']}")
@@ -419,6 +426,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                   {"values": [], "unscored": Counter()})
             if r.get("unscored"):
                 g["unscored"][r["unscored"]] += 1
+            elif f not in r["scores"]:  # one figure of the item could not be computed, the others were
+                g["unscored"][r.get("unscored_figures", {}).get(f, "not computed")] += 1
             else:
                 g["values"].append(r["scores"][f])
     out = []
@@ -461,7 +470,9 @@ def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memor
     summary: dict[str, Any] = {
         "figures": summarize(rows_out),
         "unscored": [{k: r[k] for k in ("system", "item", "suite", "figures", "unscored")}
-                     for r in rows_out if r.get("unscored")],
+                     for r in rows_out if r.get("unscored")]
+        + [{"system": r["system"], "item": r["item"], "suite": r["suite"], "figures": [f], "unscored": why}
+           for r in rows_out for f, why in r.get("unscored_figures", {}).items()],
         "failed_answers": sum(1 for r in unscored),
         "definitions": DEFINITIONS,
     }
