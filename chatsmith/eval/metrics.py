@@ -133,18 +133,22 @@ def metric_name(item: SuiteItem) -> str | None:
     return None
 
 
-def score_item(item: SuiteItem, answer: str, *, code_timeout: float = 5.0, memory_mb: int = 512) -> dict[str, Any]:
-    """{metric, score (0-1, chrF 0-100), ...details} for one answer; {} when the item has no automatic metric."""
+def score_item(item: SuiteItem, answer: str, *, code_timeout: float = 5.0, memory_mb: int = 512,
+               allow_code_execution: bool | None = None) -> dict[str, Any]:
+    """{metric, score (0-1, chrF 0-100), ...details} for one answer; {} when the item has no automatic metric.
+    Code runs only with allow_code_execution (None: CHATSMITH_ALLOW_CODE_EXECUTION); else it is unscored."""
     name = metric_name(item)
     if name is None:
         return {}
     if name == "code":
-        from chatsmith.eval.sandbox import run_python
+        from chatsmith.eval.sandbox import NOT_ALLOWED, execution_allowed, run_python
 
-        prog = extract_code(answer, item.entry_point) + "\n\n" + (item.tests or "") + "\n"
-        r = run_python(prog, timeout=code_timeout, memory_mb=memory_mb)
+        if not execution_allowed(allow_code_execution):
+            return {"metric": "code", "score": None, "unscored": NOT_ALLOWED}
+        r = run_python(extract_code(answer, item.entry_point), item.tests or "", timeout=code_timeout,
+                       memory_mb=memory_mb)
         return {"metric": "code", "score": float(r.passed), "status": r.status, "seconds": round(r.seconds, 3),
-                "stderr": r.stderr[-500:]}
+                "isolation": r.isolation, "stderr": r.stderr[-500:]}
     if name == "math":
         return {"metric": "math", "score": float(math_match(answer, item.answer)), "got": last_number(answer)}
     if name == "choice":
@@ -174,10 +178,15 @@ def score_item(item: SuiteItem, answer: str, *, code_timeout: float = 5.0, memor
 
 
 def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memory_mb: int = 512,
-                    workers: int = 2) -> dict[str, Any]:
+                    workers: int = 2, allow_code_execution: bool | None = None) -> dict[str, Any]:
     """Score every answer in `answers_dir` with its item's automatic metric. Writes DIR/metrics.jsonl (one row
     per system x item that has a metric) and DIR/metrics.json ({system: {category: {metric: mean}}}); returns
-    the latter plus "failed_answers" (answers missing or failed, counted not scored)."""
+    the latter plus "failed_answers" (answers missing or failed, counted not scored), "unscored" ({reason:
+    count}: code items when code execution was not allowed) and "code_execution" (allowed, isolation)."""
+    from chatsmith.eval import sandbox
+
+    allowed = sandbox.execution_allowed(allow_code_execution)
+    isolation = sandbox.choose_isolation() if allowed else None   # refuses (as root) without a working one
     d = Path(answers_dir)
     items, answers = load_answers(d)
     jobs, missing = [], 0
@@ -194,18 +203,25 @@ def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memor
     def run(job):
         sysname, it, ans = job
         return {"system": sysname, "item": it.id, "category": it.category,
-                **score_item(it, ans, code_timeout=code_timeout, memory_mb=memory_mb)}
+                **score_item(it, ans, code_timeout=code_timeout, memory_mb=memory_mb,
+                             allow_code_execution=allowed)}
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         rows_out = list(pool.map(run, jobs))
     write_atomic(d / "metrics.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_out))
     table: dict[str, dict[str, dict[str, list[float]]]] = {}
+    unscored: dict[str, int] = {}
     for r in rows_out:
+        if r.get("score") is None:
+            unscored[r["unscored"]] = unscored.get(r["unscored"], 0) + 1
+            continue
         table.setdefault(r["system"], {}).setdefault(r["category"], {}).setdefault(r["metric"], []).append(r["score"])
     summary: dict[str, Any] = {
         "systems": {s: {c: {m: {"mean": sum(v) / len(v), "n": len(v)} for m, v in ms.items()}
                         for c, ms in cats.items()} for s, cats in table.items()},
         "failed_answers": missing,
+        "unscored": unscored,
+        "code_execution": {"allowed": allowed, "isolation": isolation},
     }
     write_atomic(d / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

@@ -153,6 +153,10 @@ def metrics_table(d: Path, systems: list[str]) -> Table | None:
              "source when answerable and refuses when the context lacks the answer."]
     if m.get("failed_answers"):
         notes.append(f"{m['failed_answers']} answer(s) missing or failed: not scored.")
+    for reason, count in (m.get("unscored") or {}).items():
+        notes.append(f"{count} answer(s) unscored: {reason} (opt in with --allow-code-execution).")
+    if (m.get("code_execution") or {}).get("isolation"):
+        notes.append(f"Model-written code ran isolated by: {m['code_execution']['isolation']}.")
     return {"title": "Automatic metrics", "columns": ["Category", "Metric", "Items", *systems], "rows": body,
             "notes": notes}
 
@@ -298,6 +302,9 @@ def configure_report(p) -> None:
     p.add_argument("--answers", required=True, help="answers directory (with judgments/metrics/human.json)")
     p.add_argument("--output", help="report directory (default: ANSWERS/report)")
     p.add_argument("--metrics", action="store_true", help="compute the automatic metrics first")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="run the answers' code against the tests (isolated; also CHATSMITH_ALLOW_CODE_EXECUTION=1); "
+                        "without it code items are reported unscored")
     p.add_argument("--title", default="chatsmith eval")
 
 
@@ -305,7 +312,7 @@ def run_report(args) -> int:
     if args.metrics or not (Path(args.answers) / "metrics.json").is_file():
         from chatsmith.eval.metrics import score_automatic
 
-        score_automatic(args.answers)
+        score_automatic(args.answers, allow_code_execution=args.allow_code_execution or None)
     paths = write_report(args.answers, args.output, args.title)
     for kind, p in paths.items():
         print(f"{kind}: {p}")
