@@ -19,6 +19,7 @@ from typing import Any
 from chatsmith.eval.answer import load_answers, read_jsonl_lenient, write_atomic
 from chatsmith.eval.metrics import (CODE_FIGURES, CONTEXT_FIGURES, DEFINITIONS, FEW_ITEMS, LOWER_IS_BETTER,
                                      score_automatic)
+from chatsmith.eval.sandbox import NOT_ALLOWED
 from chatsmith.eval.suite import CATEGORY_TITLES
 
 Table = dict[str, Any]  # {"title", "columns", "rows": [[cells]], "notes": [str]}
@@ -236,6 +237,10 @@ def code_table(m: dict, systems: list[str]) -> Table | None:
     notes = ["tests passed = " + DEFINITIONS["code.tests"] + " (the only pass); form ok = "
              + DEFINITIONS["code.form"] + " (reported on its own, never a pass)."]
     notes += _few_note(body) + _unscored_notes(m, "code.")
+    if any(NOT_ALLOWED in f.get("unscored_reasons", {}) for f in m["figures"]):
+        notes.append("Code execution was not allowed: opt in with --allow-code-execution to run the tests.")
+    if (m.get("code_execution") or {}).get("isolation"):
+        notes.append(f"Model-written code ran isolated by: {m['code_execution']['isolation']}.")
     return {"title": "Code: unit tests passed / form (%)",
             "columns": ["Suite", "System", "tests passed", "form ok", "Items", "Unscored"], "rows": body,
             "notes": notes}
@@ -445,13 +450,16 @@ def configure_report(p) -> None:
     p.add_argument("--answers", required=True, help="answers directory (with judgments/metrics/human.json)")
     p.add_argument("--output", help="report directory (default: ANSWERS/report)")
     p.add_argument("--metrics", action="store_true", help="compute the automatic metrics first")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="run the answers' code against the tests (isolated; also CHATSMITH_ALLOW_CODE_EXECUTION=1); "
+                        "without it code items are reported unscored")
     p.add_argument("--title", default="chatsmith eval")
 
 
 def run_report(args) -> int:
     mpath = Path(args.answers) / "metrics.json"
     if args.metrics or not mpath.is_file() or "figures" not in json.loads(mpath.read_text(encoding="utf-8")):
-        score_automatic(args.answers)
+        score_automatic(args.answers, allow_code_execution=args.allow_code_execution or None)
     paths = write_report(args.answers, args.output, args.title)
     for kind, p in paths.items():
         print(f"{kind}: {p}")
