@@ -11,7 +11,7 @@ LLAMA_STAMP := $(VENV)/.llamacpp-installed
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
 	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
 
-.PHONY: setup setup-llamacpp demo test test-fast browser bench clean
+.PHONY: setup setup-llamacpp demo test test-fast browser sandbox bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,13 +27,17 @@ $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q llama-cpp-python
 	touch $(LLAMA_STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox
 
 setup-llamacpp: $(LLAMA_STAMP)
 
 # Debian's chromium for the web page tests (Playwright drives it; no browser download)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's bubblewrap isolates model-written code during evaluation (chatsmith/eval/sandbox.py)
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
 
 demo: setup
 	$(BIN)/chatsmith quickstart
