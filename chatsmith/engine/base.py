@@ -34,11 +34,18 @@ class SamplingParams:
         """Raise ChatsmithError naming the first out-of-range field."""
         from chatsmith.errors import ChatsmithError
 
+        import math
+
+        # finite and bounded: an out-of-range value must fail here, for its own request, never later inside a
+        # batched sampling step shared with other requests (a top_k past int64 overflowed there)
         checks = [("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, ">= 1"),
-                  ("temperature", self.temperature >= 0, ">= 0 (0 is greedy)"),
-                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-                  ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, ">= 0 (0 is off)"),
-                  ("repetition_penalty", self.repetition_penalty > 0, "> 0")]
+                  ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, ">= 0 (0 is greedy)"),
+                  ("top_p", math.isfinite(self.top_p) and 0 < self.top_p <= 1, "in (0, 1]"),
+                  ("top_k", isinstance(self.top_k, int) and 0 <= self.top_k < 2**31, "in [0, 2**31) (0 is off)"),
+                  ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+                   "> 0 and finite"),
+                  ("seed", self.seed is None or isinstance(self.seed, int) and 0 <= self.seed < 2**64,
+                   "None or in [0, 2**64)")]
         for name, ok, want in checks:
             if not ok:
                 raise ChatsmithError(f"sampling parameter {name}={getattr(self, name)!r} must be {want}")
@@ -135,6 +142,13 @@ class Engine:
 
     def chat(self, conv: Conversation, params: SamplingParams | None = None) -> str:
         return self.generate([conv], params or SamplingParams())[0].text
+
+    def fatal(self, error: BaseException) -> bool:
+        """Whether an error raised while generating leaves this engine unusable, so that failing the request at
+        hand is not enough (the server's worker stops and the process exits non-zero). A CUDA error other than
+        running out of memory leaves the CUDA context unusable."""
+        text = str(error)
+        return "CUDA error" in text and "out of memory" not in text
 
     def close(self) -> None:
         pass

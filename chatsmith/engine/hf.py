@@ -175,24 +175,39 @@ class DecodeBatch:
         return events
 
     def _prefill(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Event]:
+        """Prefill, sample and merge. A request that fails here ends alone with an 'error: ...' event (a group
+        whose forward pass fails is retried one prompt at a time); nothing has been merged when that happens."""
         eng = self.engine
-        with torch.inference_mode():
-            if eng.lean is not None:
-                done = eng.lean.prefill([list(ids) for _, ids, _ in requests])
-            else:
-                done = [self._forward(ids) for _, ids, _ in requests]
+        try:
+            with torch.inference_mode():
+                if eng.lean is not None:
+                    done = eng.lean.prefill([list(ids) for _, ids, _ in requests])
+                else:
+                    done = [self._forward(ids) for _, ids, _ in requests]
+        except Exception as e:
+            if eng.fatal(e):
+                raise
+            if len(requests) > 1:
+                return [ev for req in requests for ev in self._prefill([req])]
+            return [_failed(requests[0][0], e)]
         events = []
         for (key, prompt_ids, params), (logits, cache) in zip(requests, done):
-            row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device,
-                       eng.answer_lead(params))
-            with torch.inference_mode():
-                logits = logits.float()
-                seen = None
-                if params.repetition_penalty != 1.0:
-                    seen = torch.zeros((1, logits.shape[-1]), dtype=torch.bool, device=self.device)
-                    seen[0, torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)] = True
-                token = _sample(logits, [row], seen)[0]
-            event = row.accept(token)
+            try:
+                row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device,
+                           eng.answer_lead(params))
+                with torch.inference_mode():
+                    logits = logits.float()
+                    seen = None
+                    if params.repetition_penalty != 1.0:
+                        seen = torch.zeros((1, logits.shape[-1]), dtype=torch.bool, device=self.device)
+                        seen[0, torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)] = True
+                    token = _sample(logits, [row], seen)[0]
+                event = row.accept(token)
+            except Exception as e:     # this request's settings or text: it fails alone
+                if eng.fatal(e):
+                    raise
+                events.append(_failed(key, e))
+                continue
             events.append(event)
             if event[3] is None:
                 with torch.inference_mode():
@@ -300,16 +315,41 @@ class DecodeBatch:
         self.width += 1
         for r in self.rows:
             r.length += 1
-        picked = _sample(logits.float(), self.rows, self.seen)
+        try:
+            picked: list = _sample(logits.float(), self.rows, self.seen)
+        except Exception as e:    # some row's settings broke the batched pass: sample row by row, isolating it
+            if eng.fatal(e):
+                raise
+            picked = self._sample_each(logits)
         events, finished = [], []
         for i, (r, t) in enumerate(zip(self.rows, picked)):
-            ev = r.accept(t)
+            try:
+                ev = r.accept(t) if not isinstance(t, Exception) else _failed(r.key, t)
+            except Exception as e:
+                ev = _failed(r.key, e)
             events.append(ev)
             if ev[3] is not None:
                 finished.append(i)
         if finished:
             self._drop(finished)
         return events
+
+
+    def _sample_each(self, logits: torch.Tensor) -> list:
+        """Each row's next token sampled alone; the exception instead where that row's sampling fails."""
+        out: list = []
+        for i, r in enumerate(self.rows):
+            try:
+                seen = self.seen[i:i + 1] if self.seen is not None else None
+                out.append(_sample(logits[i:i + 1].float(), [r], seen)[0])
+            except Exception as e:
+                out.append(e)
+        return out
+
+
+def _failed(key: Hashable, e: BaseException) -> Event:
+    """The event that ends one row with its error (the scheduler reports it to that request's client)."""
+    return (key, "", None, f"error: {type(e).__name__}: {str(e)[:200]}")
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:

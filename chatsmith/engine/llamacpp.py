@@ -96,7 +96,8 @@ class LlamaCppEngine(Engine):
         strings, stop_ids = self.stops(p)
         text = StopTextStream(self.tokenizer, strings, self.answer_lead(p))
         stop_ids = set(stop_ids)
-        self.llm.set_seed(p.seed if p.seed is not None else random.getrandbits(31))
+        # llama.cpp's sampler seed is a uint32: fold a larger seed into it (ctypes would truncate it anyway)
+        self.llm.set_seed(p.seed % 2**32 if p.seed is not None else random.getrandbits(31))
         produced = 0
         tokens = self.llm.generate(prompt_ids, temp=max(p.temperature, 0.0), top_p=p.top_p, top_k=p.top_k,
                                    min_p=0.0, typical_p=1.0, repeat_penalty=p.repetition_penalty, reset=True)

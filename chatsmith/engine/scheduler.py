@@ -10,6 +10,12 @@ batch, which runs to completion through `engine.stream`.
 
 Handles are consumed either blocking (`for delta in handle`) or from asyncio (`async for delta in handle.aiter()`),
 which never blocks the event loop: the worker wakes the loop with call_soon_threadsafe.
+
+Failures stay with their request: an engine error while prefilling, sampling or streaming one request ends that
+request with finish_reason "error: ..." and the worker carries on (a group that fails together is retried one
+request at a time, for those that have not streamed anything yet). Only an error the engine calls fatal
+(`engine.fatal`), or a bug in this loop, ends the worker: then `error` says why, every request in flight gets an
+error, new ones are refused with WorkerDied, and the `on_death` callbacks run (the server exits non-zero).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ class ShuttingDown(ChatsmithError):
     """The scheduler no longer accepts requests (it is draining or stopped)."""
 
 
+class WorkerDied(ChatsmithError):
+    """The worker thread ended with an error; nothing more will be generated."""
+
+
 class RequestHandle:
     """One submitted request: iterate it for its Deltas; the last one carries finish_reason."""
 
@@ -45,6 +55,7 @@ class RequestHandle:
         self.prompt_tokens = len(prompt_ids)
         self.params = params
         self.completion_tokens = 0
+        self.started = False        # something was streamed to the client: it can no longer be retried
         self.finish_reason: str | None = None
         self._q: queue.Queue[Delta] = queue.Queue()
         self._cancel = threading.Event()
@@ -53,6 +64,7 @@ class RequestHandle:
 
     # -- producer side (the worker thread) ------------------------------------------------------
     def _push(self, d: Delta) -> None:
+        self.started = True
         if d.token_id is not None:
             self.completion_tokens += 1
         if d.finish_reason:
@@ -141,6 +153,8 @@ class Scheduler:
         self._accepting = True
         self._stop = False          # stop the worker (after draining if requested)
         self._abort = False         # cancel everything in flight
+        self.error: str | None = None   # why the worker died, if it did
+        self._on_death: list[Any] = []
         self.steps = 0              # decode steps taken (for tests / stats)
         self.max_rows_seen = 0      # the widest batch so far
         continuous = hasattr(engine, "new_batch")
@@ -152,6 +166,8 @@ class Scheduler:
     def submit(self, prompt: Conversation | Sequence[int], params: SamplingParams | None = None) -> RequestHandle:
         params = params or SamplingParams()
         params.validate()
+        if self.error is not None:
+            raise WorkerDied(f"the engine worker died ({self.error}); this server can no longer generate")
         with self._tokenize_lock:     # callers' threads share one Rust tokenizer: encode one at a time
             ids = self.engine.prompt_ids(prompt)
         self.engine.check_fits(ids, params, "the prompt")
@@ -165,6 +181,26 @@ class Scheduler:
             self._waiting.append(handle)
             self._cv.notify()
         return handle
+
+    @property
+    def alive(self) -> bool:
+        """False once the worker has died (a clean shutdown is not a death)."""
+        return self.error is None and (self._thread.is_alive() or self._stop)
+
+    def on_death(self, callback: Any) -> None:
+        """callback(reason) runs on the worker thread if it dies."""
+        self._on_death.append(callback)
+
+    def cancel_all(self) -> int:
+        """Cancel every queued and running request (a drain deadline passed); returns how many there were."""
+        with self._cv:
+            handles = [*self._waiting, *self._running.values()]
+        for h in handles:
+            h.cancel()
+        with self._cv:
+            self._accepting = False
+            self._cv.notify_all()
+        return len(handles)
 
     def active(self) -> int:
         """Requests queued or running."""
@@ -194,7 +230,13 @@ class Scheduler:
             try:
                 target()
             except BaseException as e:   # never leave a client hanging: end every stream with an error
-                self._fail_all(f"error: {type(e).__name__}: {e}")
+                self.error = f"{type(e).__name__}: {str(e)[:300]}"
+                self._fail_all(f"error: {self.error}")
+                for callback in self._on_death:
+                    try:
+                        callback(self.error)
+                    except Exception:
+                        pass
                 raise
         return run
 
@@ -247,7 +289,9 @@ class Scheduler:
                 return
             try:
                 self._continuous_step(batch)
-            except Exception as e:        # an engine failure ends the requests in that batch, not the server
+            except Exception as e:        # a failed decode step ends the requests in that batch, not the server
+                if self._fatal(e):
+                    raise
                 reason = f"error: {type(e).__name__}: {str(e)[:200]}"
                 with self._cv:
                     failed = [h for h in self._running.values()]
@@ -296,14 +340,23 @@ class Scheduler:
                 live.append(h)
         if not live:
             return
+        before = set(batch.keys())
         try:
             events = batch.add_many([(h.id, h.prompt_ids, h.params) for h in live])
-        except ChatsmithError as e:
-            if len(live) > 1:          # find the one at fault: the others still get their answers
-                for h in live:
+        except Exception as e:
+            if self._fatal(e):
+                raise
+            joined = set(batch.keys()) - before
+            for h in live:             # rows that got in have lost their first token: they cannot go on
+                if h.id in joined:
+                    batch.cancel(h.id)
+                    self._finish(h, Delta(0, "", None, f"error: {_reason(e)}"))
+            rest = [h for h in live if h.id not in joined]
+            if len(rest) > 1:          # find the one at fault: the others still get their answers
+                for h in rest:
                     self._join(batch, [h])
-                return
-            self._finish(live[0], Delta(0, "", None, f"error: {e}"))
+            elif rest:
+                self._finish(rest[0], Delta(0, "", None, f"error: {_reason(e)}"))
             return
         by_id = {h.id: h for h in live}
         for key, text, tok, fin in events:
@@ -326,14 +379,39 @@ class Scheduler:
                         return
                 continue
             self.max_rows_seen = max(self.max_rows_seen, len(group))
-            try:
-                for d in self.engine.stream([h.prompt_ids for h in group], [h.params for h in group],
-                                            cancelled=lambda i: group[i].cancelled or self._abort):
-                    self._finish(group[d.index], Delta(0, d.text, d.token_id, d.finish_reason))
-            except ChatsmithError as e:
-                for h in group:
-                    if not h.done:
-                        self._finish(h, Delta(0, "", None, f"error: {e}"))
-            for h in group:   # an engine that ended without a finish reason still ends the stream
-                if not h.done:
-                    self._finish(h, Delta(0, "", None, "length"))
+            self._stream_group(group)
+
+    def _stream_group(self, group: list[RequestHandle]) -> None:
+        """One engine.stream over the group. If it raises, requests that already streamed something fail; the
+        others run again one at a time, so the one at fault fails alone (llama.cpp runs a group's prompts one
+        after the other; vLLM refuses a bad request when it is added)."""
+        try:
+            for d in self.engine.stream([h.prompt_ids for h in group], [h.params for h in group],
+                                        cancelled=lambda i: group[i].cancelled or self._abort):
+                self._finish(group[d.index], Delta(0, d.text, d.token_id, d.finish_reason))
+        except Exception as e:
+            if self._fatal(e):
+                raise
+            retry = [h for h in group if not h.done and not h.started] if len(group) > 1 else []
+            for h in group:
+                if not h.done and h not in retry:
+                    self._finish(h, Delta(0, "", None, f"error: {_reason(e)}"))
+            for h in retry:
+                if h.cancelled or self._abort:
+                    self._finish(h, Delta(0, "", None, "cancelled"))
+                else:
+                    self._stream_group([h])
+        for h in group:   # an engine that ended without a finish reason still ends the stream
+            if not h.done:
+                self._finish(h, Delta(0, "", None, "length"))
+
+    def _fatal(self, e: BaseException) -> bool:
+        fatal = getattr(self.engine, "fatal", None)
+        return bool(fatal(e)) if fatal is not None else False
+
+
+def _reason(e: BaseException) -> str:
+    """A failure as the client sees it: ChatsmithErrors say what was wrong; others name their type."""
+    if isinstance(e, ChatsmithError):
+        return str(e)[:300]
+    return f"{type(e).__name__}: {str(e)[:200]}"

@@ -70,6 +70,10 @@ class VLLMEngine(Engine):
         max_context = int(llm.llm_engine.model_config.max_model_len)
         return cls(llm, tok, tpl, max_context, lora)
 
+    def fatal(self, error: BaseException) -> bool:
+        """vLLM's engine core runs in its own process; once it is gone (EngineDeadError) every request fails."""
+        return type(error).__name__ == "EngineDeadError" or super().fatal(error)
+
     def _vllm_params(self, p: SamplingParams) -> Any:
         vllm = _import_vllm()
         strings, ids = self.stops(p)
@@ -87,14 +91,15 @@ class VLLMEngine(Engine):
         batch = next(_request_ids)
         rids = [f"chatsmith-{batch}-{i}" for i in range(len(ids))]
         index = {rid: i for i, rid in enumerate(rids)}
-        for rid, p_ids, p in zip(rids, ids, plist):
-            engine.add_request(rid, TokensPrompt(prompt_token_ids=p_ids), self._vllm_params(p),
-                               lora_request=self.lora)
         stop_ids = [set(self.stops(p)[1]) for p in plist]
         sent_chars = [0] * len(ids)
         sent_tokens = [0] * len(ids)
-        live = set(rids)
+        live: set[str] = set()
         try:
+            for rid, p_ids, p in zip(rids, ids, plist):   # a request vLLM refuses leaves none of the others behind
+                engine.add_request(rid, TokensPrompt(prompt_token_ids=p_ids), self._vllm_params(p),
+                                   lora_request=self.lora)
+                live.add(rid)
             while live and engine.has_unfinished_requests():
                 if cancelled is not None:
                     gone = [rid for rid in live if cancelled(index[rid])]

@@ -3,7 +3,10 @@ not) and a web chat page, in one process.
 
 Every request goes through the engine's Scheduler, which batches concurrent requests together; a client that
 disconnects has its generation cancelled. Past --max-queue waiting requests a client gets 429 with Retry-After.
-SIGTERM lets the requests in flight finish while new ones get 503, then exits 0.
+Rendering and tokenizing run in a worker thread, one request at a time, never on the event loop (which keeps
+answering /health and streaming). SIGTERM lets the requests in flight finish while new ones get 503, for at most
+--drain-timeout seconds; then what is left is cancelled and the process exits 0. If the engine's worker dies,
+/health answers 503 and the process exits 1.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from chatsmith.errors import ChatsmithError, ContextLengthError
 from chatsmith.serve import context_api, errors, prepare
@@ -48,10 +51,11 @@ RETRY_AFTER_S = 1
 
 
 def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None = None,
-               state: ServerState | None = None) -> Any:
-    """The ASGI app: FastAPI routes wrapped in the Guard (drain, key, size limit); `app.server` is the shared
-    ServerState."""
-    state = state or ServerState(api_key)
+               state: ServerState | None = None, cors_origins: tuple[str, ...] = ()) -> Any:
+    """The ASGI app: FastAPI routes wrapped in the Guard (drain, Host, Origin, key, media type, size limit);
+    `app.server` is the shared ServerState."""
+    state = state or ServerState(api_key, cors_origins=tuple(cors_origins))
+    off_loop = prepare.RenderThread().run     # rendering and tokenizing: never on the event loop
     api = FastAPI(title="chatsmith", docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(api)
     api.add_exception_handler(ClientGone, lambda request, exc: Response(status_code=499))
@@ -69,8 +73,10 @@ def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None =
         except BaseException as e:
             for h in handles:
                 h.cancel()
-            from chatsmith.engine.scheduler import QueueFull, ShuttingDown
+            from chatsmith.engine.scheduler import QueueFull, ShuttingDown, WorkerDied
 
+            if isinstance(e, WorkerDied):
+                raise APIError(503, str(e), None, "engine_failed") from None
             if isinstance(e, ShuttingDown):
                 raise APIError(503, str(e), None, "shutting_down", {"Retry-After": "5"}) from None
             if isinstance(e, QueueFull):
@@ -85,6 +91,9 @@ def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None =
 
     @api.get("/health")
     async def health():
+        if not scheduler.alive:
+            return JSONResponse({"status": "error", "model": model_id,
+                                 "error": scheduler.error or "the engine worker stopped"}, status_code=503)
         return {"status": "ok", "model": model_id, "active": scheduler.active()}
 
     @api.get("/v1/models")
@@ -99,7 +108,8 @@ def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None =
     @api.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
-        ids = prepare.chat_prompt(engine, req)
+        prepare.check_chat_size(engine, req)
+        ids = await off_loop(prepare.chat_prompt, engine, req)
         params = prepare.sampling(engine, req, len(ids), prepare.DEFAULT_CHAT_TOKENS, "messages")
         handles = submit(ids, prepare.per_choice(params, req.n))
         rid, created = new_id("chatcmpl"), now()
@@ -116,14 +126,15 @@ def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None =
     @api.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
-        prompts = prepare.completion_prompts(engine, req)
+        prepare.check_completion_size(engine, req)
+        prompts = await off_loop(prepare.completion_prompts, engine, req)
+        decoded = await off_loop(_echoes, engine, prompts) if req.echo else [""] * len(prompts)
         handles, prompt_tokens, echoes = [], 0, []
         try:
-            for ids in prompts:
+            for ids, echo in zip(prompts, decoded):
                 params = prepare.sampling(engine, req, len(ids), prepare.DEFAULT_COMPLETION_TOKENS, "prompt")
                 handles += submit(ids, prepare.per_choice(params, req.n))
                 prompt_tokens += len(ids)
-                echo = engine.tokenizer.decode(ids, skip_special_tokens=True) if req.echo else ""
                 echoes += [echo] * req.n
         except BaseException:
             for h in handles:
@@ -157,6 +168,10 @@ def create_app(engine: Any, scheduler: Any, model_id: str, api_key: str | None =
         return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     return Guard(api, state)
+
+
+def _echoes(engine: Any, prompts: list[list[int]]) -> list[str]:
+    return [engine.tokenizer.decode(ids, skip_special_tokens=True) for ids in prompts]
 
 
 # ---- streaming and collecting ------------------------------------------------------------------------
@@ -305,11 +320,17 @@ async def _completion_events(handles, rid, created, model_id, prompt_tokens, inc
 
 
 # ---- the process: SIGTERM drains -----------------------------------------------------------------------
-def make_server(app: Any, scheduler: Any, host: str, port: int, drain_timeout: float = 300.0,
-                log_level: str = "warning"):
-    """A uvicorn Server whose first SIGTERM drains: new requests get 503 while those in flight finish, then it
-    exits. A second SIGTERM, or SIGINT, stops at once."""
+DRAIN_TIMEOUT_S = 30.0
+
+
+def make_server(app: Any, scheduler: Any, host: str, port: int, drain_timeout: float = DRAIN_TIMEOUT_S,
+                log_level: str = "warning", max_connections: int | None = None):
+    """A uvicorn Server whose first SIGTERM drains: new requests get 503 while those in flight finish, for at
+    most `drain_timeout` seconds, after which those left are cancelled; then it exits. A second SIGTERM, or
+    SIGINT, stops at once. If the scheduler's worker dies the server stops too (`server.worker_died`)."""
     import uvicorn
+
+    from chatsmith.serve.background import MAX_CONNECTIONS, uvicorn_config
 
     state: ServerState = app.server
 
@@ -325,11 +346,26 @@ def make_server(app: Any, scheduler: Any, host: str, port: int, drain_timeout: f
             deadline = time.monotonic() + drain_timeout
             while (state.in_flight > 0 or scheduler.active() > 0) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if state.in_flight > 0 or scheduler.active() > 0:
+                left = scheduler.cancel_all()
+                print(f"chatsmith: the drain deadline ({drain_timeout:g} s) passed; cancelled {left} request(s) "
+                      "still in flight", flush=True)
+                end = time.monotonic() + 5       # let the cancelled streams send their last event
+                while state.in_flight > 0 and time.monotonic() < end:
+                    time.sleep(0.05)
             self.should_exit = True
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
-                            lifespan="off")
-    return DrainingServer(config)
+    config = uvicorn_config(app, host, port, log_level, graceful_s=5,
+                            max_connections=max_connections or MAX_CONNECTIONS)
+    server = DrainingServer(config)
+    server.worker_died = None
+
+    def died(reason: str) -> None:
+        server.worker_died = reason
+        server.should_exit = True
+
+    scheduler.on_death(died)
+    return server
 
 
 def model_id_for(model: str) -> str:
@@ -350,6 +386,13 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 429")
     p.add_argument("--model-name", help="the model id clients send (default: from --model)")
+    p.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S,
+                   help="on SIGTERM, seconds to let requests in flight finish before cancelling them")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://app.example.com, or *) whose pages may call this server (repeatable); "
+                        "by default only the server's own page may")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="open connections beyond this get 503 (default 128)")
     p.add_argument("--log-level", default="warning")
 
 
@@ -361,18 +404,26 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ChatsmithError("--max-batch and --max-queue must be at least 1")
     if not 0 < args.port < 65536:
         raise ChatsmithError(f"--port {args.port}: not a TCP port")
+    if not args.drain_timeout >= 0:
+        raise ChatsmithError(f"--drain-timeout {args.drain_timeout}: must be 0 or more seconds")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise ChatsmithError("--max-connections must be at least 1")
     api_key = args.api_key or os.environ.get("CHATSMITH_API_KEY") or None
     engine = load_engine(args.model, adapters=args.adapter, template=args.template, backend=args.backend,
                          load_in_8bit=args.load_in_8bit)
     scheduler = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue)
     model_id = args.model_name or model_id_for(args.model)
-    app = create_app(engine, scheduler, model_id, api_key)
-    server = make_server(app, scheduler, args.host, args.port, log_level=args.log_level)
+    app = create_app(engine, scheduler, model_id, api_key, cors_origins=tuple(args.cors_origin))
+    server = make_server(app, scheduler, args.host, args.port, drain_timeout=args.drain_timeout,
+                         log_level=args.log_level, max_connections=args.max_connections)
     print(f"chatsmith: serving {model_id} ({engine.name}) on http://{args.host}:{args.port} "
           f"(OpenAI API at /v1, web chat at /){' with an API key' if api_key else ''}", flush=True)
     try:
         server.run()
     finally:
-        scheduler.shutdown(drain=False)
+        scheduler.shutdown(drain=False, timeout=10)
         engine.close()
+    if server.worker_died or scheduler.error:
+        print(f"chatsmith: the engine worker died ({server.worker_died or scheduler.error}); exiting", flush=True)
+        return 1
     return 0

@@ -1,4 +1,5 @@
-"""Run a real uvicorn server on a free loopback port in a background thread (tests, benchmarks, notebooks)."""
+"""The uvicorn settings every chatsmith server uses, and a real server on a free loopback port in a background
+thread (tests, benchmarks, notebooks)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,71 @@ import socket
 import threading
 import time
 from typing import Any
+
+MAX_CONNECTIONS = 128          # uvicorn answers 503 past this many open connections (or requests in progress)
+HEADER_TIMEOUT_S = 10.0        # a connection must deliver a request's headers within this, or it is closed
+MAX_HEADER_BYTES = 16 * 1024   # h11's limit on an incomplete request head
+
+
+def h11_with_header_deadline(timeout: float = HEADER_TIMEOUT_S):
+    """uvicorn's h11 protocol, plus a deadline for each request's headers: from the connection's start, and after
+    each response, the next request head must arrive within `timeout` s. uvicorn has none of its own (its
+    keep-alive timer stops at the first byte), so a client sending a header one byte at a time would hold its
+    connection, and a slot of the connection limit, forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class DeadlineH11Protocol(H11Protocol):
+        _head_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(timeout, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:       # a request head arrived
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self._arm()
+
+    return DeadlineH11Protocol
+
+
+def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning", graceful_s: float = 5,
+                   max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S):
+    """One uvicorn Config for `chatsmith serve` and ServerThread: h11 with a header deadline, a connection limit,
+    a bounded request head, short keep-alive. Also tells the app's guard which host it is bound to."""
+    import uvicorn
+
+    state = getattr(app, "server", None)
+    if state is not None and hasattr(state, "bound_host"):
+        state.bound_host = host
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
+                          timeout_graceful_shutdown=graceful_s, http=h11_with_header_deadline(header_timeout),
+                          limit_concurrency=max_connections, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                          timeout_keep_alive=5)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -17,13 +83,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerThread:
     """`with ServerThread(app) as srv: httpx.get(srv.url + "/health")`."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning"):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning",
+                 **config: Any):
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level=log_level,
-                                                    lifespan="off", timeout_graceful_shutdown=2))
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, log_level, graceful_s=2, **config))
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
     def start(self, timeout: float = 30.0) -> ServerThread:
@@ -51,7 +117,7 @@ class Served:
 
     def __init__(self, model: str, *, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
                  template: str | None = None, backend: str = "transformers", model_id: str | None = None,
-                 engine: Any = None):
+                 engine: Any = None, cors_origins: tuple[str, ...] = (), **config: Any):
         from chatsmith.engine import load_engine
         from chatsmith.engine.scheduler import Scheduler
         from chatsmith.serve.app import create_app, model_id_for
@@ -59,8 +125,8 @@ class Served:
         self.engine = engine or load_engine(model, template=template, backend=backend)
         self.scheduler = Scheduler(self.engine, max_batch=max_batch, max_queue=max_queue)
         self.model_id = model_id or model_id_for(model)
-        self.app = create_app(self.engine, self.scheduler, self.model_id, api_key)
-        self.thread = ServerThread(self.app)
+        self.app = create_app(self.engine, self.scheduler, self.model_id, api_key, cors_origins=cors_origins)
+        self.thread = ServerThread(self.app, **config)   # config: uvicorn_config's max_connections, header_timeout
         self.url = self.thread.url
 
     def __enter__(self) -> Served:

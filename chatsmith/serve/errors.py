@@ -1,9 +1,11 @@
 """OpenAI-shaped errors: {"error": {"message", "type", "param", "code"}} with the right HTTP status.
 
 Statuses: 400 a malformed request (bad JSON, a missing or out-of-range field, a prompt that does not fit the
-context), 401 a missing or wrong API key, 404 an unknown route or model, 405 a wrong method, 413 a body over the
-size limit, 422 a well-formed conversation the template cannot render (roles out of order, no user turn last),
-429 the queue is full (with Retry-After), 503 the server is shutting down. A client mistake is never a 5xx.
+context), 401 a missing or wrong API key, 403 a Host or Origin this server does not answer, 404 an unknown route
+or model, 405 a wrong method, 408 a body that did not arrive in time, 413 a body over the size limit, 415 a POST
+body that is not application/json, 422 a well-formed conversation the template cannot render (roles out of order,
+no user turn last), 429 the queue is full (with Retry-After), 503 the server is shutting down or its engine
+worker died. A client mistake is never a 5xx.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+         413: "invalid_request_error", 415: "invalid_request_error",
          422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
 
 
