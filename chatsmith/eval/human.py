@@ -2,9 +2,10 @@
 of the raters' 0-10 scores), measure how much they agree, and how well the LLM judge agrees with them.
 
 `--export-sheet DIR --raters N --answers DIR` writes blind sheets to fill first (chatsmith.eval.sheets); a
-filled sheet is read back through its key. Otherwise a ratings CSV is either long (columns id, system, score [, category]) or wide (column id [, category] and one
-column per system). Agreement: Pearson and Spearman per rater pair, Cohen's quadratically weighted kappa per
-pair (scores rounded to integers 0-10), and Krippendorff's alpha (interval) over all raters. With --answers,
+filled sheet is read back through its key. Otherwise a ratings CSV is either long (columns id, system, score
+[, category]) or wide (column id [, category] and one column per system). Agreement: Pearson and Spearman per
+rater pair, Cohen's quadratically weighted kappa per pair (scores rounded to integers 0-10), and Krippendorff's
+alpha (interval) over all raters. With --answers,
 each judge's mean score per (item, system) is correlated with the human mean, and the merged ratings are saved
 to DIR/human.json for `chatsmith eval report`.
 """
