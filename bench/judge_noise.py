@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatsmith.eval.answer import answer_suite, read_jsonl_lenient  # noqa: E402
-from chatsmith.eval.judge import judge, judgments_path  # noqa: E402
+from chatsmith.eval.judge import judge  # noqa: E402
 
 
 def spread_table(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -88,7 +88,7 @@ def main() -> int:
                     max_tokens=args.max_tokens, timeout=args.timeout, concurrency=args.concurrency,
                     reask=not args.no_reask)
     t_judge = time.monotonic() - t0 - t_answer
-    rows, _ = read_jsonl_lenient(judgments_path(work, "multi"))
+    rows, _ = read_jsonl_lenient(Path(summary["path"]))
     table = spread_table(rows)
     bias = position_bias(rows)
     print(f"judge {summary['judge']}: {args.repeats} repeats, {summary['total']} judgments, {summary['ok']} ok, "

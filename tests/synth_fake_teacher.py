@@ -4,7 +4,8 @@ It answers each synth prompt with a well-formed reply (unique per call, so dedup
 faults on demand: `faults` is a queue of modes applied to the next requests, one each:
     timeout (sleeps past the client's timeout), 401, 429, 500, 503, garbage (200 text/plain), badjson (200 JSON
     without choices), refusal, prose (no numbered list), plain_bad (PLAINFORMAT Python that does not parse),
-    no_source, ok.
+    no_source, cite_all (contextual answers cite every block), unprefixed (a chat line without a character),
+    bad_user_turn (the teacher, playing the chat's user, speaks for a character), ok.
 `delay` slows every answer (to kill a run mid-way); `hits` counts requests by mode.
 """
 
@@ -90,29 +91,61 @@ class FakeTeacher:
             if "programming tasks" in user:
                 return "\n".join(f"{i}. Write a function for {_unique(n * 10 + i)}." for i in range(1, size + 1))
             return "Sure!\n" + "\n".join(f"TSK {i}. Explain {_unique(n * 10 + i)}." for i in range(1, size + 1))
-        if "made-up but realistic" in user or "encyclopedia-style" in user:
+        if "realistic news article" in user or "encyclopedia-style" in user:
             return f"The {_unique(n)} festival drew 300 people on Monday. Organizers were pleased."
+        if "Rewrite it with one key fact changed" in user:  # the counterfactual version of the paragraph
+            passage = re.search(r"Here is a paragraph:\n(.*?)\n\n", user, re.S).group(1)
+            return passage.replace("drew 300 people", "drew 500 people") + " It rained."
         if "specific factual question" in user:
             return f"What is the outside fact {_unique(n)}?"
-        if "Write one question" in user:
-            return f"How many people came to the {_unique(n)} festival?"
+        if "Write one question" in user or "Write one simple question" in user:
+            return f"How many people came to the {re.search(r'The (.+?) festival', user).group(1)} festival?"
         if "input blocks" in system:
-            if "outside fact" in user:
-                return "The provided context does not contain that information."
-            meta = re.search(r"BEGINCONTEXT\n(.*?)ENDCONTEXT", user, re.S).group(1).strip()
-            if mode == "no_source":
-                return "300 people came."
-            return f"300 people came.\nSource:\n{meta}"
+            return self._contextual_answer(user, mode)
+        if "says or does next" in user:  # the teacher playing Jon in a multi-character chat
+            if mode == "bad_user_turn":
+                name = re.search(r"^ - (?!USER/)([^,\n]+),", user, re.M).group(1)
+                return f'{name}: "I speak for {name}."'
+            return f"*waves* Tell me about {_unique(n)}!"
+        if "Write the user's next message" in user:  # the teacher playing the user in a role-play
+            return f"And what about {_unique(n)}?"
         if "letter of the correct option" in system:
             return "B, two"
         if "code only" in system:
             return "def f(:\n  pass" if mode == "plain_bad" else f"```python\ndef f():\n    return {n}\n```"
         if "step by step" in system:
             return f"Step 1: 2 + 2 = 4\nStep 2: 4 * {n} = {4 * n}\nFinal answer: {4 * n}"
-        if user.startswith("Characters:"):
-            names = re.findall(r"^ - (?!USER/)([^,\n]+),", user, re.M)
-            return f'{names[0]}: "Hello there."\n\n{names[1]}: "Hi!"\n\n*{names[0]} smiles*'
+        setup = next((m["content"] for m in messages if m["role"] == "user"), "")
+        if setup.startswith("Characters:"):
+            names = re.findall(r"^ - (?!USER/)([^,\n]+),", setup, re.M)
+            if mode == "unprefixed":
+                return "Somebody says something."
+            return f'{names[0]}: "Hello there, {_unique(n)}."\n\n{names[1]}: "Hi!"\n\n*{names[0]} smiles*'
         return f"Here is a helpful answer about {_unique(n)}."
+
+
+    @staticmethod
+    def _contextual_answer(user: str, mode: str) -> str:
+        """Answer each instruction from the block it is about and cite exactly those blocks, as a good teacher
+        does; `no_source` leaves the citations out, `cite_all` cites every block, used or not."""
+        blocks = re.findall(r"BEGINCONTEXT\n(.*?)ENDCONTEXT\n(.*?)\nENDINPUT", user, re.S)
+        questions = re.search(r"BEGININSTRUCTION\n(.*?)\nENDINSTRUCTION", user, re.S).group(1).splitlines()
+        answers, cited = [], []
+        for q in questions:
+            m = re.search(r"the (.+?) festival", q)
+            hit = next((b for b in blocks if m and f"The {m.group(1)} festival" in b[1]), None)
+            if hit is None:
+                answers.append("The provided context does not contain that information.")
+                continue
+            count = re.search(r"drew (\d+) people", hit[1]).group(1)
+            answers.append(f"{count} people came to the {m.group(1)} festival.")
+            if hit not in cited:
+                cited.append(hit)
+        if mode == "cite_all":
+            cited = blocks
+        if mode == "no_source" or not cited:
+            return "\n".join(answers)
+        return "\n".join(answers) + "\nSource:\n" + "\n\n".join(meta.strip() for meta, _ in cited)
 
 
 class Served:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from fastapi import Request  # module level: the route's annotation must resolve
@@ -185,7 +186,7 @@ def test_fault_injecting_endpoint_no_crash_every_failure_counted_and_cache(tmp_p
         assert kinds["bad_response"] == 1 and kinds["unparsable"] == 1 and sum(kinds.values()) == 5
         assert fs.hits["429"] == 3 and fs.hits["500"] == 3      # 1 try + 2 retries each
         assert fs.hits["flaky"] == 2 and fs.hits["reask"] == 2 and fs.hits["garbage"] == 2
-        rows = {r["item"]: r for r in map(json.loads, (out / "judgments-multi.jsonl").read_text().splitlines())}
+        rows = {r["item"]: r for r in map(json.loads, (out / "judgments-multi.judge.jsonl").read_text().splitlines())}
         assert rows["f-reask"]["reasked"] and rows["f-reask"]["status"] == "ok"
         assert rows["f-garbage"]["raw"].startswith("What a lovely")   # the failure keeps the judge's reply
         assert set(rows["f-ok"]["scores"]) == {"alpha", "beta"}
@@ -234,7 +235,7 @@ def test_judge_against_a_real_local_chatsmith_server(tmp_path, tiny_llama):
     assert s["total"] == 4 and s["unparsable"] + s["ok"] == 4 and s["error"] == 0, s
     assert s["reasked"] == s["unparsable"] and s["calls"] == 4 + s["reasked"]
     assert s["judge"] == f"local:{tiny_llama}"
-    rows = [json.loads(x) for x in (out / "judgments-single.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in Path(s["path"]).read_text().splitlines()]
     assert all("raw" in r and r["error"] for r in rows if r["status"] == "unparsable")  # reply and reason kept
     # the same inputs again make no new call, even though the server got a new port
     s2 = judge(out, str(tiny_llama), **kw)

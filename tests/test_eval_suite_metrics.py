@@ -15,7 +15,8 @@ from chatsmith.eval.metrics import (chrf, cites_source, last_number, math_match,
 from chatsmith.eval.sandbox import run_python
 from chatsmith.eval.suite import DREAMER, bundled_suites, load_suite
 
-CATEGORIES = {*DREAMER, "math", "multiturn", "contextual"}
+CATEGORIES = {*DREAMER, "math", "multiturn", "contextual", "qa_more", "translation_more", "sentiment_more",
+              "ethics_more"}
 
 
 def test_bundled_suites_cover_every_category_with_ten_items_in_both_languages():
@@ -24,12 +25,16 @@ def test_bundled_suites_cover_every_category_with_ten_items_in_both_languages():
     for it in items:
         by_cat.setdefault(it.category, []).append(it)
     assert set(by_cat) == CATEGORIES
-    assert all(len(v) >= 10 for v in by_cat.values()), {k: len(v) for k, v in by_cat.items()}
+    # DreamerGPT's 8 categories hold exactly 10 items each, as in the seed; the rest at least 10, extras aside
+    assert {c: len(by_cat[c]) for c in DREAMER} == {c: 10 for c in DREAMER}
+    assert all(len(v) >= 10 for c, v in by_cat.items() if not c.endswith("_more")), \
+        {k: len(v) for k, v in by_cat.items()}
+    assert [it.metric for it in by_cat["translation_more"]] == ["chrf", "chrf"]
     langs = {it.language for it in items}
     assert langs == {"zh", "en"}
     # references where one exists: every category but open generation has them
     for cat, its in by_cat.items():
-        if cat not in ("generation", "ethics"):
+        if cat not in ("generation", "ethics", "ethics_more"):
             assert sum(it.reference is not None for it in its) >= len(its) * 0.8, cat
     assert [p for p in bundled_suites()][:2] == ["01qa", "02translate"]
     assert {it.category for it in load_suite("dreamer")} == set(DREAMER)

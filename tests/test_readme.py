@@ -250,8 +250,13 @@ def _stablelm(d: Path) -> None:
 def _dreamer(d: Path) -> None:
     assert {p.name for p in (d / "runs/dreamer-smollm2/stages").iterdir()} >= {"f1", "f2", "f3"}
     assert (d / "runs/dreamer-merged/config.json").is_file() and (d / "runs/eval/report/report.md").is_file()
-    judged = [json.loads(line) for line in (d / "runs/eval/judgments-multi.jsonl").read_text().splitlines()]
-    assert judged and not [j for j in judged if j["status"] == "error"], "judge calls failed"
+    for name in ("judge_a", "judge_b"):  # two judges, each kept
+        judged = [json.loads(line) for line in (d / f"runs/eval/judgments-multi.{name}.jsonl").read_text().splitlines()]
+        assert judged and not [j for j in judged if j["status"] == "error"], f"judge {name}: calls failed"
+    human = json.loads((d / "runs/eval/human.json").read_text())
+    assert len(human["raters"]) == 2 and set(human["scores"]) == {"base", "dreamer"}
+    report = (d / "runs/eval/report/report.md").read_text(encoding="utf-8")
+    assert "## Judges side by side (multi)" in report and "## Human ratings" in report
     rows = [json.loads(line) for line in (d / "runs/generated.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["p1", "p2", "p3"]
 

@@ -136,6 +136,8 @@ def _content(v: Any, where: str) -> str:
 
 def read_openai(row: Row) -> Conversation:
     """{messages: [{role, content}]}; also reads chatsmith's own JSONL (system, id, source, metadata)."""
+    if "messages" not in row and "instruction" in row and "response" in row:
+        return read_airoboros(row)  # a single-turn row in a chatsmith synth file that starts with a multi-turn one
     msgs = _list(row, "messages")
     pairs = []
     for i, m in enumerate(msgs):
@@ -169,6 +171,8 @@ def _from_pairs(pairs: list[tuple[str, str]], row: Row, *, system: str | None, w
 
 
 def read_airoboros(row: Row) -> Conversation:
+    if "messages" in row and "instruction" not in row:  # chatsmith synth's multi-turn rows share its files
+        return read_openai(row)
     return _pair(_text(row, "instruction"), _text(row, "response"), row, system=_opt(row, "system"),
                  category=_opt(row, "category"))
 

@@ -1,10 +1,12 @@
 """`chatsmith eval human --ratings a.csv b.csv [--answers DIR]`: merge human raters as DreamerGPT does (the mean
 of the raters' 0-10 scores), measure how much they agree, and how well the LLM judge agrees with them.
 
-A ratings CSV is either long (columns id, system, score [, category]) or wide (column id [, category] and one
-column per system). Agreement: Pearson and Spearman per rater pair, Cohen's quadratically weighted kappa per
-pair (scores rounded to integers 0-10), and Krippendorff's alpha (interval) over all raters. With --answers,
-the judge's mean score per (item, system) is correlated with the human mean, and the merged ratings are saved
+`--export-sheet DIR --raters N --answers DIR` writes blind sheets to fill first (chatsmith.eval.sheets); a
+filled sheet is read back through its key. Otherwise a ratings CSV is either long (columns id, system, score
+[, category]) or wide (column id [, category] and one column per system). Agreement: Pearson and Spearman per
+rater pair, Cohen's quadratically weighted kappa per pair (scores rounded to integers 0-10), and Krippendorff's
+alpha (interval) over all raters. With --answers,
+each judge's mean score per (item, system) is correlated with the human mean, and the merged ratings are saved
 to DIR/human.json for `chatsmith eval report`.
 """
 
@@ -18,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.eval.sheets import export_sheets, is_sheet, load_key, read_sheet
 
 Key = tuple[str, str]  # (item id, system)
 
 
-def read_ratings(path: str | Path) -> tuple[dict[Key, float], dict[str, str]]:
-    """-> ({(item, system): score}, {item: category}). Errors name the file, line and column."""
+def read_ratings(path: str | Path, key: dict | None = None) -> tuple[dict[Key, float], dict[str, str]]:
+    """-> ({(item, system): score}, {item: category}). Errors name the file, line and column. A blind sheet
+    written by --export-sheet (columns sheet, slot, ...) is unblinded with `key` (chatsmith.eval.sheets)."""
     p = Path(path)
     if not p.is_file():
         raise ChatsmithError(f"{p}: no such ratings file")
@@ -32,6 +36,8 @@ def read_ratings(path: str | Path) -> tuple[dict[Key, float], dict[str, str]]:
     with open(p, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in reader.fieldnames or []]
+        if is_sheet(cols):
+            return read_sheet(p, reader, key)
         if "id" not in cols:
             raise ChatsmithError(f"{p}:1: no 'id' column (expected id,system,score or id,<system>,<system>...)")
         long = "system" in cols and "score" in cols
@@ -128,11 +134,11 @@ def _r(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else round(v, 4)
 
 
-def judge_means(answers_dir: Path, mode: str = "multi") -> dict[Key, float]:
+def judge_means(answers_dir: Path, mode: str = "multi", path: Path | None = None) -> dict[Key, float]:
     from chatsmith.eval.answer import read_jsonl_lenient
     from chatsmith.eval.judge import judgments_path
 
-    rows, _ = read_jsonl_lenient(judgments_path(answers_dir, mode))
+    rows, _ = read_jsonl_lenient(path or judgments_path(answers_dir, mode))
     acc: dict[Key, list[float]] = {}
     for r in rows:
         if r.get("status") == "ok":
@@ -147,9 +153,10 @@ def merge_ratings(paths: list[str | Path], answers_dir: str | Path | None = None
     Returns (and with answers_dir, writes DIR/human.json) the merged result."""
     if len(paths) < 1:
         raise ChatsmithError("--ratings needs at least one CSV (two or more to measure agreement)")
+    key = load_key(answers_dir) if answers_dir is not None else None
     raters, cats = [], {}
     for p in paths:
-        s, c = read_ratings(p)
+        s, c = read_ratings(p, key)
         raters.append(s)
         cats.update(c)
     keys = sorted(set().union(*[r.keys() for r in raters]))
@@ -179,11 +186,17 @@ def merge_ratings(paths: list[str | Path], answers_dir: str | Path | None = None
             out["categories"].setdefault(it.id, it.category)
         unknown = sorted({k[0] for k in keys} - {it.id for it in items})
         out["unknown_items"] = unknown
-        jm = judge_means(d, mode)
-        common = sorted(set(jm) & set(merged))
-        x, y = [jm[k] for k in common], [merged[k] for k in common]
-        out["judge_correlation"] = {"mode": mode, "n": len(common), "pearson": _r(pearson(x, y)),
-                                    "spearman": _r(spearman(x, y))}
+        from chatsmith.eval.judge import judged
+
+        out["judge_correlations"] = {}
+        for name, path in judged(d, mode).items():  # each judge against the human mean
+            jm = judge_means(d, mode, path)
+            common = sorted(set(jm) & set(merged))
+            x, y = [jm[k] for k in common], [merged[k] for k in common]
+            out["judge_correlations"][name] = {"mode": mode, "n": len(common), "pearson": _r(pearson(x, y)),
+                                               "spearman": _r(spearman(x, y))}
+        first = next(iter(out["judge_correlations"].values()), None)
+        out["judge_correlation"] = first or {"mode": mode, "n": 0, "pearson": None, "spearman": None}
         from chatsmith.eval.answer import write_atomic
 
         write_atomic(d / "human.json", json.dumps(out, indent=2, ensure_ascii=False) + "\n")
@@ -191,14 +204,30 @@ def merge_ratings(paths: list[str | Path], answers_dir: str | Path | None = None
 
 
 def configure_human(p) -> None:
-    p.add_argument("--ratings", nargs="+", required=True, metavar="CSV",
-                   help="one CSV per rater: id,system,score (long) or id,<system>,<system>... (wide)")
-    p.add_argument("--answers", help="answers directory: correlate with its judge and save human.json there")
+    p.add_argument("--ratings", nargs="+", metavar="CSV",
+                   help="one CSV per rater: a filled sheet from --export-sheet, id,system,score (long) or "
+                        "id,<system>,<system>... (wide)")
+    p.add_argument("--export-sheet", metavar="DIR",
+                   help="write blind rating sheets (one CSV per rater, systems hidden, order shuffled per item) into "
+                        "the new directory DIR; the key goes to ANSWERS/human_key.json")
+    p.add_argument("--raters", type=int, default=2, help="sheets to write with --export-sheet (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed for --export-sheet")
+    p.add_argument("--answers", help="answers directory: correlate with its judges and save human.json there "
+                                     "(required with --export-sheet and to read sheets back)")
     p.add_argument("--mode", default="multi", choices=["multi", "pairwise", "single"],
                    help="which judgments to correlate with")
 
 
 def run_human(args) -> int:
+    if args.export_sheet:
+        if args.ratings or not args.answers:
+            raise ChatsmithError("--export-sheet DIR needs --answers ANSWERS and no --ratings")
+        paths = export_sheets(args.answers, args.export_sheet, args.raters, args.seed)
+        print(f"{len(paths)} rating sheet(s): " + ", ".join(str(p) for p in paths))
+        print(f"key (keep it from the raters): {Path(args.answers) / 'human_key.json'}")
+        return 0
+    if not args.ratings:
+        raise ChatsmithError("give --ratings CSV... (filled sheets) or --export-sheet DIR")
     out = merge_ratings(args.ratings, args.answers, args.mode)
     print(f"{len(out['raters'])} rater(s), {out['n_ratings']} rated answers "
           f"({out['single_rater']} rated by one rater only)")
@@ -207,8 +236,9 @@ def run_human(args) -> int:
               f"spearman={pr['spearman']} weighted kappa={pr['weighted_kappa']} |diff|={pr['mean_abs_diff']}")
     print(f"Krippendorff's alpha (interval): {out['agreement']['krippendorff_alpha_interval']}")
     if "judge_correlation" in out:
-        jc = out["judge_correlation"]
-        print(f"judge vs human ({jc['mode']}): n={jc['n']} pearson={jc['pearson']} spearman={jc['spearman']}")
+        for name, jc in (out.get("judge_correlations") or {"judge": out["judge_correlation"]}).items():
+            print(f"judge vs human ({jc['mode']}): n={jc['n']} pearson={jc['pearson']} "
+                  f"spearman={jc['spearman']} (judge {name})")
         if out.get("unknown_items"):
             print(f"warning: {len(out['unknown_items'])} rated item id(s) not in the suite: "
                   + ", ".join(out["unknown_items"][:5]))

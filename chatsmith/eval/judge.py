@@ -11,6 +11,10 @@ The reply is parsed as JSON (then the seed's "System N score; explanation" text)
 once more, showing its reply and the reason. A judgment that still fails is kept as "unparsable" (with the raw
 reply), a call that fails after retries as "error": both are counted in the summary and the report.
 
+Judgments are stored per judge: `--judge gpt4=URL#gpt-4 --judge gpt35=URL#gpt-3.5-turbo` writes
+DIR/judgments-MODE.gpt4.jsonl and DIR/judgments-MODE.gpt35.jsonl (a judge given without NAME= is named after its
+#MODEL or model file), and the report shows one table per judge, as DreamerGPT reports GPT-4 and GPT-3.5.
+
 Judgments are cached in DIR/judge_cache.jsonl by a hash of (judge model, mode, prompt, sampling, sample index):
 running again with the same inputs makes no new call. Transport errors are not cached (a re-run retries them).
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +48,61 @@ MODES = ("multi", "pairwise", "single")
 CACHE_FILE = "judge_cache.jsonl"
 
 
-def judgments_path(answers_dir: str | Path, mode: str) -> Path:
-    return Path(answers_dir) / f"judgments-{mode}.jsonl"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def judgments_path(answers_dir: str | Path, mode: str, name: str | None = None) -> Path:
+    """DIR/judgments-MODE.NAME.jsonl: one file per judge, so a second judge never replaces the first. Without a
+    name, the single-judge file older versions wrote (DIR/judgments-MODE.jsonl; still read by the report)."""
+    return Path(answers_dir) / (f"judgments-{mode}.{name}.jsonl" if name else f"judgments-{mode}.jsonl")
+
+
+def summary_path(answers_dir: str | Path, mode: str, name: str | None = None) -> Path:
+    return Path(answers_dir) / (f"judge-{mode}.{name}.json" if name else f"judge-{mode}.json")
+
+
+def judged(answers_dir: str | Path, mode: str) -> dict[str, Path]:
+    """{judge name: judgments file} for one mode, in name order; a legacy unnamed file is named after the judge
+    its summary records (or "judge")."""
+    d = Path(answers_dir)
+    out: dict[str, Path] = {}
+    legacy = judgments_path(d, mode)
+    if legacy.is_file():
+        s = summary_path(d, mode)
+        name = "judge"
+        if s.is_file():
+            try:
+                name = default_judge_name(str(json.loads(s.read_text(encoding="utf-8")).get("judge") or "judge"))
+            except (json.JSONDecodeError, AttributeError):
+                pass
+        out[name] = legacy
+    prefix = f"judgments-{mode}."
+    for p in sorted(d.glob(f"{prefix}*.jsonl")):
+        out[p.name[len(prefix):-len(".jsonl")]] = p
+    return out
+
+
+def default_judge_name(spec: str) -> str:
+    """A name for a judge given without NAME=: the endpoint's #MODEL, else the local model's file name."""
+    s = spec.removeprefix("local:").removeprefix("openai:")
+    if "@http" in s:  # a summary's identity, MODEL@URL
+        s = s.split("@http", 1)[0]
+    elif s.startswith(("http://", "https://")):
+        s = s.partition("#")[2] or "judge"
+    else:
+        s = Path(s.split("+", 1)[0].rstrip("/")).name.removesuffix(".gguf")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip(".-")[:64] or "judge"
+
+
+def parse_judge_spec(spec: str) -> tuple[str, str]:
+    """`NAME=URL#MODEL` or `NAME=MODEL` -> (NAME, spec); the old form without NAME= gets a default name."""
+    head, eq, tail = spec.partition("=")
+    if eq and "/" not in head and ":" not in head:
+        if not _NAME.fullmatch(head) or not tail:
+            raise ChatsmithError(f"--judge {spec!r}: expected NAME=URL#MODEL or NAME=MODEL with NAME made of "
+                                 "letters, digits, '_', '-' or '.'")
+        return head, tail
+    return default_judge_name(spec), spec
 
 
 def load_prompt(mode: str, lang: str) -> str:
@@ -218,13 +276,18 @@ def judge(answers_dir: str | Path, judge: str, *, mode: str = "multi", samples: 
           temperature: float | None = None, max_tokens: int = 512, concurrency: int = 4,
           timeout: float | None = None,
           retries: int = 4, backoff: float = 1.0, reask: bool = True, judge_backend: str = "transformers",
-          log=None) -> dict[str, Any]:
-    """Judge every answer in `answers_dir`; writes DIR/judgments-MODE.jsonl and DIR/judge-MODE.json and returns
-    the summary {judge, mode, samples, total, ok, unparsable, error, errors_by_kind, reasked, cached, calls,
-    missing_answers}. Nothing is dropped: every task has one row, whatever its status.
+          name: str | None = None, log=None) -> dict[str, Any]:
+    """Judge every answer in `answers_dir`; writes DIR/judgments-MODE.NAME.jsonl and DIR/judge-MODE.NAME.json
+    (one pair per judge: judging with another NAME keeps these) and returns the summary {name, judge, mode,
+    samples, total, ok, unparsable, error, errors_by_kind, reasked, cached, calls, missing_answers, path}. Nothing
+    is dropped: every task has one row, whatever its status.
 
-    `judge` is an endpoint URL (http(s)://HOST/v1[#MODEL]) or a local model served in-process."""
+    `judge` is an endpoint URL (http(s)://HOST/v1[#MODEL]) or a local model served in-process; `name` defaults to
+    the endpoint's #MODEL or the model's file name."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    name = name or default_judge_name(judge)
+    if not _NAME.fullmatch(name):
+        raise ChatsmithError(f"judge name {name!r}: use letters, digits, '_', '-' or '.'")
     d = Path(answers_dir)
     items, answers = load_answers(d)
     if temperature is None:
@@ -246,11 +309,14 @@ def judge(answers_dir: str | Path, judge: str, *, mode: str = "multi", samples: 
         log(f"judging {len(tasks)} {mode} judgment(s) with {identity} ({len(tasks) - todo} cached)")
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             rows = list(pool.map(lambda t: _judge_one_safe(cfg, ep, t, cache, counter), tasks))
-    write_atomic(judgments_path(d, mode), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    path = judgments_path(d, mode, name)
     summary = summarize(rows)
-    summary.update({"judge": identity, "mode": mode, "samples": samples, "calls": counter["calls"],
+    summary.update({"name": name, "judge": identity, "mode": mode, "samples": samples, "calls": counter["calls"],
                     "temperature": temperature, **extra})
-    write_atomic(d / f"judge-{mode}.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    # the summary first: a judgments file on disk always has its summary beside it
+    write_atomic(summary_path(d, mode, name), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    summary["path"] = str(path)
     return summary
 
 
@@ -273,11 +339,25 @@ def judge_endpoint(spec: str, backend: str = "transformers") -> Iterator[tuple[A
     from chatsmith.eval.client import Endpoint
 
     if spec.startswith(("http://", "https://", "openai:")):
-        ep = Endpoint.parse(spec, default_model=os.environ.get("CHATSMITH_JUDGE_MODEL")).served_model()
+        ep = Endpoint.parse(spec, default_model=os.environ.get("CHATSMITH_JUDGE_MODEL"))
+        check_reachable(ep)
+        ep = ep.served_model()
         yield ep, f"{ep.model}@{ep.base_url}"
         return
     with local_server(spec, backend=backend) as (url, model_id):
         yield Endpoint(url, model_id), f"local:{spec}"
+
+
+def check_reachable(ep: Any, timeout: float = 10.0) -> None:
+    """One clear error before any judgment when nothing answers at the endpoint (a wrong host or port), instead
+    of a file of failed rows. Any HTTP answer, even an error status, means something is listening."""
+    import httpx
+
+    try:
+        httpx.get(f"{ep.base_url}/models", timeout=timeout)
+    except httpx.HTTPError as e:
+        raise ChatsmithError(f"judge endpoint {ep.base_url} is not reachable ({type(e).__name__}: {e}); "
+                             "nothing was judged") from None
 
 
 @contextmanager
@@ -324,9 +404,10 @@ def local_server(model: str, backend: str = "transformers", adapters: list[str] 
 # ---- CLI ----------------------------------------------------------------------------------------
 def configure_judge(p) -> None:
     p.add_argument("--answers", required=True, help="answers directory written by `chatsmith eval answer`")
-    p.add_argument("--judge", default="smollm2",
-                   help="http(s)://HOST/v1[#MODEL] (any OpenAI-compatible API) or a model served locally "
-                        "(default: smollm2, offline)")
+    p.add_argument("--judge", action="append", metavar="[NAME=]JUDGE",
+                   help="NAME=http(s)://HOST/v1#MODEL (any OpenAI-compatible API) or NAME=MODEL (served locally; "
+                        "default: smollm2, offline). Judgments are kept per NAME (default: the #MODEL or the "
+                        "model's name), so e.g. gpt4=... and gpt35=... get a table each; repeat for several")
     p.add_argument("--mode", default="multi", choices=MODES)
     p.add_argument("--samples", type=int, default=1, help="judge each item K times (rotating the order)")
     p.add_argument("--lang", default="auto", choices=["auto", "zh", "en"], help="judge prompt language")
@@ -342,15 +423,26 @@ def configure_judge(p) -> None:
 
 
 def run_judge(args) -> int:
-    s = judge(args.answers, args.judge, mode=args.mode, samples=args.samples, lang=args.lang,
-              temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
-              timeout=args.timeout, retries=args.retries, backoff=args.backoff, reask=not args.no_reask,
-              judge_backend=args.judge_backend)
-    print(f"{s['total']} judgment(s): {s['ok']} ok, {s['unparsable']} unparsable, {s['error']} failed calls "
-          f"({s['cached']} from cache, {s['reasked']} re-asked, {s['calls']} call(s))")
-    if s["errors_by_kind"]:
-        print("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(s["errors_by_kind"].items())))
-    if s.get("missing_answers"):
-        print(f"{s['missing_answers']} answer(s) missing or failed: not judged")
-    print(f"written: {judgments_path(args.answers, args.mode)}")
+    from chatsmith.eval.client import Endpoint
+
+    judges = [parse_judge_spec(j) for j in (args.judge or ["smollm2"])]
+    names = [n for n, _ in judges]
+    if len(set(names)) < len(names):
+        raise ChatsmithError(f"--judge: two judges named {sorted({n for n in names if names.count(n) > 1})}; "
+                             "give each its own NAME=")
+    for _, spec in judges:  # every endpoint answers before any judging starts
+        if spec.startswith(("http://", "https://", "openai:")):
+            check_reachable(Endpoint.parse(spec))
+    for name, spec in judges:
+        s = judge(args.answers, spec, mode=args.mode, samples=args.samples, lang=args.lang,
+                  temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
+                  timeout=args.timeout, retries=args.retries, backoff=args.backoff, reask=not args.no_reask,
+                  judge_backend=args.judge_backend, name=name)
+        print(f"{s['total']} judgment(s): {s['ok']} ok, {s['unparsable']} unparsable, {s['error']} failed calls "
+              f"({s['cached']} from cache, {s['reasked']} re-asked, {s['calls']} call(s))")
+        if s["errors_by_kind"]:
+            print("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(s["errors_by_kind"].items())))
+        if s.get("missing_answers"):
+            print(f"{s['missing_answers']} answer(s) missing or failed: not judged")
+        print(f"written: {s['path']} (judge {name})")
     return 0

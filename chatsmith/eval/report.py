@@ -47,11 +47,18 @@ def _star_row(values: list[float | None], cells: list[str]) -> list[str]:
     return [c + "*" if v is not None and abs(v - best) < 1e-9 else c for v, c in zip(values, cells)]
 
 
-def judge_table(d: Path, mode: str, items, systems: list[str]) -> tuple[Table, dict] | None:
-    rows, _ = read_jsonl_lenient(d / f"judgments-{mode}.jsonl")
+def judge_table(d: Path, mode: str, items, systems: list[str], name: str | None = None
+                ) -> tuple[Table, dict] | None:
+    """The seed's layout for one judge: rows = categories, columns = systems, 0-100, best starred."""
+    from chatsmith.eval.judge import judged, summary_path as judge_summary_path
+
+    files = judged(d, mode)
+    path = files.get(name) if name else d / f"judgments-{mode}.jsonl"
+    rows, _ = read_jsonl_lenient(path) if path else ([], 0)
     if not rows:
         return None
-    summary_path = d / f"judge-{mode}.json"
+    legacy = path.name == f"judgments-{mode}.jsonl"
+    summary_path = judge_summary_path(d, mode, None if legacy else name)
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     cat_of = {it.id: it.category for it in items}
     suite_of = {it.category: it.suite for it in items}
@@ -99,7 +106,7 @@ def judge_table(d: Path, mode: str, items, systems: list[str]) -> tuple[Table, d
     total = len(rows)
     bad = sum(failed.values())
     kinds = summary.get("errors_by_kind") or {}
-    notes = [f"Judge: {summary.get('judge', '?')}; mode {mode}; {len(samples)} sample(s) per item"
+    notes = [f"Judge {name or 'judge'}: {summary.get('judge', '?')}; mode {mode}; {len(samples)} sample(s) per item"
              + (" (cells: mean ± std across samples)" if len(samples) > 1 else "") + ".",
              f"Judgments: {total} total, {total - bad} ok, "
              f"{sum(r['status'] == 'unparsable' for r in rows)} unparsable, "
@@ -110,9 +117,53 @@ def judge_table(d: Path, mode: str, items, systems: list[str]) -> tuple[Table, d
         notes.append(f"{summary['missing_answers']} answer(s) were missing or failed and were not judged.")
     if mode == "pairwise":
         notes.append(_pairwise_note(rows, systems))
-    table = {"title": f"LLM judge ({mode}), score per category (0-100)",
+    table = {"title": f"LLM judge ({mode}): {name or 'judge'}, score per category (0-100)",
+             "judge": name or "judge", "mode": mode,
              "columns": ["Category", "Suite", "Items", *systems, "Failed judgments"], "rows": body, "notes": notes}
     return table, chart
+
+
+def judge_tables_by_name(d: Path, items, systems: list[str]) -> tuple[list[Table], dict | None]:
+    """One table per (mode, judge), as DreamerGPT prints a GPT-4 table and a GPT-3.5 table; where a mode has two
+    or more judges, a table that puts them side by side follows (columns grouped per judge). The chart shows the
+    first judge."""
+    from chatsmith.eval.judge import judged
+
+    tables: list[Table] = []
+    chart: dict | None = None
+    for mode in ("multi", "pairwise", "single"):
+        per_judge = []
+        for name in judged(d, mode):
+            res = judge_table(d, mode, items, systems, name)
+            if res:
+                per_judge.append(res[0])
+                chart = chart or res[1]
+        tables += per_judge
+        if len(per_judge) > 1:
+            tables.append(side_by_side(per_judge, systems, mode))
+    return tables, chart
+
+
+def side_by_side(per_judge: list[Table], systems: list[str], mode: str) -> Table:
+    """Judges next to each other: rows = categories, columns = JUDGE: SYSTEM; the best system starred within each
+    judge's columns (the per-judge tables' stars, carried over)."""
+    n = len(systems)
+    first = per_judge[0]
+    rows_by_cat: dict[str, list[str]] = {r[0]: [r[0], r[2]] for r in first["rows"]}
+    for t in per_judge:
+        for r in t["rows"]:
+            rows_by_cat.setdefault(r[0], [r[0], r[2]])
+    body = []
+    for cat, head in rows_by_cat.items():
+        cells = list(head)
+        for t in per_judge:
+            row = next((r for r in t["rows"] if r[0] == cat), None)
+            cells += row[3:3 + n] if row else ["--"] * n
+        body.append(cells)
+    cols = ["Category", "Items", *[f"{t['judge']}: {s}" for t in per_judge for s in systems]]
+    return {"title": f"Judges side by side ({mode}), score per category (0-100)", "columns": cols, "rows": body,
+            "notes": ["Each judge's columns come from its own table above; `*` marks the best system per judge.",
+                      "Judges: " + ", ".join(t["judge"] for t in per_judge) + "."], "group": len(systems)}
 
 
 def _pairwise_note(rows: list[dict], systems: list[str]) -> str:
@@ -319,9 +370,9 @@ def human_table(d: Path, items, systems: list[str]) -> Table | None:
     for pr in ag["pairs"]:
         notes.append(f"{Path(pr['raters'][0]).name} vs {Path(pr['raters'][1]).name}: Pearson {pr['pearson']}, "
                      f"Spearman {pr['spearman']}, weighted kappa {pr['weighted_kappa']} (n={pr['n']}).")
-    if h.get("judge_correlation"):
-        jc = h["judge_correlation"]
-        notes.append(f"Judge vs human: Pearson {jc['pearson']}, Spearman {jc['spearman']} (n={jc['n']}).")
+    for jname, jc in (h.get("judge_correlations") or
+                      ({"judge": h["judge_correlation"]} if h.get("judge_correlation") else {})).items():
+        notes.append(f"Judge {jname} vs human: Pearson {jc['pearson']}, Spearman {jc['spearman']} (n={jc['n']}).")
     return {"title": "Human ratings, score per category (0-100)", "columns": ["Category", "Items", *cols],
             "rows": body, "notes": notes}
 
@@ -395,12 +446,8 @@ def write_report(answers_dir: str | Path, output_dir: str | Path | None = None, 
     items, answers = load_answers(d)
     systems = list(answers)
     tables: list[Table] = []
-    chart_data: dict | None = None
-    for mode in ("multi", "pairwise", "single"):
-        res = judge_table(d, mode, items, systems)
-        if res:
-            tables.append(res[0])
-            chart_data = chart_data or res[1]
+    judge_tables, chart_data = judge_tables_by_name(d, items, systems)
+    tables += judge_tables
     m = load_metrics(d)
     metric_chart = None
     if m:

@@ -25,7 +25,11 @@ CATEGORY_TITLES = {
     "chinese": "Chinese language features / 中文特色", "code": "Code generation / 代码生成",
     "ethics": "Ethics, refusal / 伦理、拒答", "math": "Math reasoning / 数学推理",
     "multiturn": "Multi-turn dialogue / 多轮对话", "contextual": "Context obedience / 封闭上下文",
+    # DreamerGPT's categories hold exactly 10 items each; items beyond those 10 live in categories of their own
+    "qa_more": "Knowledge QA, more / 知识问答(补充)", "translation_more": "Translation, more / 翻译(补充)",
+    "sentiment_more": "Sentiment analysis, more / 情感分析(补充)", "ethics_more": "Ethics, more / 伦理(补充)",
 }
+DREAMER_ITEMS = 10  # items per DreamerGPT category, as in the seed's tables
 KNOWN_FIELDS = {"id", "category", "lang", "prompt", "messages", "system", "reference", "answer", "choices",
                 "contains", "tests", "entry_point", "source", "answerable", "should_refuse", "metric", "metadata",
                 "suite"}

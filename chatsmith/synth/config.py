@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import yaml
@@ -90,7 +90,7 @@ class CullConfig(_Strict):
 class InstructorConfig(_Strict):
     count: int = Field(0, ge=0, description="rows to keep for this instructor")
     kind: str | None = Field(None, description="task builder and form check: plain, coding, multiple_choice, "
-                                                "contextual, counterfactual_contextual, chat, math")
+                                                "contextual, counterfactual_contextual, chat, roleplay, math")
     prompt: str | None = Field(None, description="a .yaml instructor spec or a .txt instruction-generation prompt")
     batch_size: int | None = Field(None, ge=1, description="instructions asked for per teacher call")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -102,8 +102,14 @@ class InstructorConfig(_Strict):
     # contextual
     unanswerable_share: float | None = Field(None, ge=0.0, le=1.0,
                                              description="share whose context lacks the answer")
+    blocks: list[Annotated[int, Field(ge=1, le=8)]] | None = Field(
+        None, min_length=1, description="input blocks per row, drawn from this list (default [1,1,1,2,2,3,4])")
+    instructions_per_row: list[Annotated[int, Field(ge=1, le=5)]] | None = Field(
+        None, min_length=1, description="instructions per row, drawn from this list (default [1,1,1,2,2,3])")
     # chat
     characters: list[str] | None = None
+    # chat, roleplay: user/assistant exchanges per conversation, [MIN, MAX] (default [3, 8])
+    turns: list[Annotated[int, Field(ge=1, le=50)]] | None = Field(None, min_length=2, max_length=2)
 
 
 class SynthConfig(_Strict):

@@ -5,12 +5,21 @@ the request that gets it answered) and checks the answer's form for its category
     coding                     plain, in a random language; a share gets " PLAINFORMAT" and must answer code
                                only (one surrounding fence is stripped; Python must parse with ast)
     multiple_choice            question + lettered options; the answer must start with one of the letters
-    contextual                 teacher passage + question -> the airoboros BEGININPUT block (chatsmith.context);
-                               the answer must cite the block's metadata; a share asks what the context lacks
-                               and the answer must say so
-    counterfactual_contextual  the passage states a changed fact; the answer must follow it and cite it
-    chat                       the seed's multi-character rules; every line belongs to one of the characters
+    contextual                 1-4 teacher passages (real names, randomized facts, as airoboros writes them)
+                               and 1-3 instructions, each about one block -> the airoboros BEGININPUT blocks
+                               (chatsmith.context); the answer must cite exactly the blocks its instructions use;
+                               a share adds an instruction no block answers, which the answer must decline
+    counterfactual_contextual  airoboros' pairs: a true paragraph and its counterfactual rewrite (one fact
+                               changed) under the same source URL and question, one row each; the answer must
+                               follow its block and cite it
+    chat                       the seed's multi-character rules; every line belongs to one of the characters;
+                               the teacher then plays the user for more exchanges (`turns`, default 3-8)
+    roleplay                   plain role-play requests, continued for `turns` exchanges with the teacher playing
+                               the user
     math                       word problems; the answer must reason over several lines and give a number
+
+Multi-turn kinds (`multi_turn`) are written as {messages: [user, assistant, ...], category, system?}, the
+messages format `chatsmith data prepare` reads; the others as {instruction, response, category, system?}.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from chatsmith.context import ContextFormatError, Document, build_context, match_sources, parse_reply
+from chatsmith.context import ContextFormatError, Document, Reply, build_context, match_sources, parse_reply
 from chatsmith.synth.registry import Instructor, fill
 from chatsmith.synth.teacher import Teacher
 
@@ -95,13 +104,59 @@ def first_line(text: str) -> str:
     return ""
 
 
+def turn_range(inst: Instructor) -> tuple[int, int]:
+    """`turns: [MIN, MAX]` (or one number): user/assistant exchanges per conversation, the first included."""
+    from chatsmith.errors import ChatsmithError
+
+    raw = inst.get("turns") or [3, 8]
+    lo = hi = None
+    if isinstance(raw, int):
+        lo = hi = raw
+    elif isinstance(raw, list) and len(raw) == 2:
+        lo, hi = raw
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 50):
+        raise ChatsmithError(f"{inst.source}: instructor {inst.name!r}: turns must be [MIN, MAX] exchanges with "
+                             f"1 <= MIN <= MAX <= 50, got {raw!r}")
+    return lo, hi
+
+
+def transcript(conv: list[dict]) -> str:
+    return "\n\n".join(f"{m['role'].upper()}: {m['content']}" for m in conv)
+
+
+def clean_user_turn(text: str, user: str | None = None) -> str:
+    """The teacher's user turn without quotes around all of it or a leading "USER:" / "Jon:" label."""
+    text = text.strip()
+    labels = ["USER", "User"] + ([user] if user else [])
+    for label in labels:
+        if text.startswith(f"{label}:"):
+            text = text[len(label) + 1:].strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"' and text.count('"') == 2:
+        text = text[1:-1].strip()
+    return text
+
+
 class Kind:
     needs: tuple[str, ...] = ("instructions",)
+    multi_turn = False  # the pipeline continues a kept first exchange for turn_range() exchanges
 
     @classmethod
     def validate(cls, inst: Instructor) -> None:
         for key in cls.needs:
             inst.prompt(key)
+        if cls.multi_turn:
+            inst.prompt("user_turn")
+            turn_range(inst)
+
+    async def next_user(self, inst: Instructor, ctx: GenContext, task: Task, conv: list[dict]) -> str:
+        """The teacher plays the user: the next user message of a multi-turn conversation."""
+        values = {"transcript": transcript(conv), **task.info.get("fill", {})}
+        return clean_user_turn(await ctx.ask(inst, fill(inst.prompt("user_turn"), **values)),
+                               task.info.get("user"))
+
+    def check_user(self, inst: Instructor, task: Task, text: str) -> str | None:
+        """A reason to drop a conversation whose teacher-written user turn is unusable, or None."""
+        return None if text.strip() else "form_turn_empty_user"
 
     def request(self, inst: Instructor, instruction: str, system: str | None = None) -> list[dict]:
         system = system or inst.get("response_system")
@@ -206,33 +261,48 @@ def _metadata(rng: random.Random, topic: str) -> dict[str, str]:
 
 
 class Contextual(Kind):
+    """airoboros' contextual instructor: 1-4 blocks (1,1,1,2,2,3,4 as airoboros draws them), 1-3 instructions
+    (1,1,1,2,2,3), each about one block; a share gets an instruction no block answers."""
     needs = ("passage", "question")
-    counterfactual = False
 
     @classmethod
     def validate(cls, inst: Instructor) -> None:
         super().validate(inst)
-        if not cls.counterfactual and float(inst.get("unanswerable_share") or 0) > 0:
+        if float(inst.get("unanswerable_share") or 0) > 0:
             inst.prompt("outside_question")
 
     async def make_tasks(self, inst: Instructor, ctx: GenContext) -> list[Task]:
-        topic = ctx.topic()
-        passage = (await ctx.ask(inst, fill(inst.prompt("passage"), topic=topic))).strip()
-        answerable = self.counterfactual or ctx.rng.random() >= float(inst.get("unanswerable_share") or 0)
-        if answerable:
-            question = first_line(await ctx.ask(inst, fill(inst.prompt("question"), passage=passage, topic=topic)))
-        else:  # a question about another topic: the context cannot hold its answer
-            question = first_line(await ctx.ask(inst, fill(inst.prompt("outside_question"),
-                                                           topic=ctx.topic(avoid=topic))))
-        doc = Document(passage, _metadata(ctx.rng, topic))
-        info = {"answerable": answerable, "documents": [doc], "decline_patterns": ctx.unanswerable_patterns}
-        if not passage or not question:
-            return [Task(question, [], {**info, "broken": "form_contextual_empty_part"})]
+        n_blocks = ctx.rng.choice(inst.get("blocks") or [1, 1, 1, 2, 2, 3, 4])
+        n_tasks = ctx.rng.choice(inst.get("instructions_per_row") or [1, 1, 1, 2, 2, 3])
+        topics: list[str] = []
+        for _ in range(n_blocks):
+            topics.append(ctx.topic(avoid=topics[-1] if topics else None))
+        passages = [(await ctx.ask(inst, fill(inst.prompt("passage"), topic=t))).strip() for t in topics]
+        docs = [Document(p, _metadata(ctx.rng, t)) for p, t in zip(passages, topics)]
+        unanswerable = ctx.rng.random() < float(inst.get("unanswerable_share") or 0)
+        questions, used = [], []
+        for k in range(n_tasks):
+            if unanswerable and k == n_tasks - 1:  # a question about another topic: no block holds its answer
+                outside = ctx.topic(avoid=topics[0])
+                questions.append(first_line(await ctx.ask(inst, fill(inst.prompt("outside_question"), topic=outside))))
+                continue
+            b = ctx.rng.randrange(n_blocks)
+            questions.append(first_line(await ctx.ask(inst, fill(inst.prompt("question"), passage=passages[b],
+                                                                   topic=topics[b]))))
+            used.append(b)
+        return [self._task(inst, docs, questions, sorted(set(used)), unanswerable, ctx)]
+
+    def _task(self, inst: Instructor, docs: list[Document], questions: list[str], used: list[int],
+              unanswerable: bool, ctx: GenContext) -> Task:
+        info = {"answerable": not unanswerable, "unanswerable": unanswerable, "documents": docs, "used": used,
+                "questions": questions, "decline_patterns": ctx.unanswerable_patterns}
+        if not all(d.text for d in docs) or not all(questions):
+            return Task(" ".join(questions), [], {**info, "broken": "form_contextual_empty_part"})
         try:
-            instruction = build_context([doc], question + (inst.get("instruction_suffix") or ""))
+            instruction = build_context(docs, [*questions[:-1], questions[-1] + (inst.get("instruction_suffix") or "")])
         except ContextFormatError:
-            return [Task(question, [], {**info, "broken": "form_contextual_delimiters"})]
-        return [Task(instruction, self.request(inst, instruction), info)]
+            return Task(" ".join(questions), [], {**info, "broken": "form_contextual_delimiters"})
+        return Task(instruction, self.request(inst, instruction), info)
 
     def precheck(self, inst: Instructor, task: Task) -> str | None:
         if task.info.get("broken"):
@@ -240,25 +310,72 @@ class Contextual(Kind):
         return None if CONTEXT_BLOCK_RE.match(task.instruction) else "form_contextual_block"
 
     def check(self, inst: Instructor, task: Task, response: str) -> tuple[str | None, str]:
+        docs = task.info["documents"]
+        unanswerable = task.info.get("unanswerable", not task.info.get("answerable", True))
+        used = set(task.info.get("used", [] if unanswerable else range(len(docs))))
+        declined = any(p.search(response) for p in task.info["decline_patterns"])
+        if unanswerable and not declined:
+            return "form_contextual_not_declined", response
+        if not used:  # nothing in the blocks answers: declining is the whole answer
+            return None, response
         reply = parse_reply(response)
-        if not task.info["answerable"]:
-            declined = any(p.search(response) for p in task.info["decline_patterns"])
-            return (None if declined else "form_contextual_not_declined"), response
         if not reply.answer:
             return "form_contextual_no_answer", response
-        if not reply.sources:
+        sources = cited_sources(response)
+        if not sources:
             return "form_contextual_no_source", response
-        if any(hit is None for hit in match_sources(reply, task.info["documents"])):
-            return "form_contextual_wrong_source", response
+        hits = match_sources(Reply(reply.answer, sources), docs)
+        if any(hit is None for hit in hits):
+            return "form_contextual_wrong_source", response   # cites metadata no block has
+        if not set(hits) <= used:
+            return "form_contextual_unused_source", response  # cites a block no instruction used
+        if set(hits) != used:
+            return "form_contextual_missing_source", response
         return None, response
 
 
+def cited_sources(response: str) -> list[dict[str, str]]:
+    """Every source cited anywhere in the reply: an answer per instruction may each end with its own "Source:"
+    section, and parse_reply reads only the first."""
+    lines = response.splitlines()
+    out: list[dict[str, str]] = []
+    for i, line in enumerate(lines):
+        if _SOURCE_LINE.match(line):
+            for src in parse_reply("\n".join(lines[i:])).sources:
+                if src not in out:
+                    out.append(src)
+    return out
+
+
+_SOURCE_LINE = re.compile(r"^\s*(sources?|references?|source\(s\)|reference\(s\))\s*:", re.IGNORECASE)
+
+
 class CounterfactualContextual(Contextual):
-    counterfactual = True
+    """airoboros' counterfactual pairs: the teacher writes a true paragraph; then a rewrite with one fact changed;
+    then a question whose answer differs between them. Both become rows under the same source URL and question,
+    so the model learns to answer from the block, not from memory."""
+    needs = ("passage", "counter", "question")
+
+    async def make_tasks(self, inst: Instructor, ctx: GenContext) -> list[Task]:
+        topic = ctx.topic()
+        fact = (await ctx.ask(inst, fill(inst.prompt("passage"), topic=topic))).strip()
+        counter = (await ctx.ask(inst, fill(inst.prompt("counter"), passage=fact, topic=topic))).strip()
+        question = first_line(await ctx.ask(inst, fill(inst.prompt("question"), passage=fact, counter=counter,
+                                                       topic=topic)))
+        meta = _metadata(ctx.rng, topic)
+        if fact and fact == counter:
+            return [Task(question, [], {"broken": "form_counterfactual_unchanged"})]
+        tasks = []
+        for text, is_counter in ((fact, False), (counter, True)):
+            t = self._task(inst, [Document(text, dict(meta))], [question], [0], False, ctx)
+            t.info["counterfactual"] = is_counter
+            tasks.append(t)
+        return tasks
 
 
 class Chat(Kind):
     needs = ("instruction",)
+    multi_turn = True
 
     @classmethod
     def validate(cls, inst: Instructor) -> None:
@@ -274,9 +391,11 @@ class Chat(Kind):
         name1, name2 = (d.split(",")[0].strip() for d in (desc1, desc2))
         user = inst.get("user_name") or "Jon"
         setting = ctx.rng.choice(inst.get("settings") or ["a quiet room"])
-        instruction = fill(inst.prompt("instruction"), char1_desc=desc1, char2_desc=desc2, char1=name1,
-                           char2=name2, user=user, topic=ctx.topic(), setting=setting).strip()
-        return [Task(instruction, self.request(inst, instruction), {"names": [name1, name2], "user": user})]
+        values = dict(char1_desc=desc1, char2_desc=desc2, char1=name1, char2=name2, user=user, topic=ctx.topic(),
+                      setting=setting)
+        instruction = fill(inst.prompt("instruction"), **values).strip()
+        return [Task(instruction, self.request(inst, instruction), {"names": [name1, name2], "user": user,
+                                                                    "fill": values})]
 
     def check(self, inst: Instructor, task: Task, response: str) -> tuple[str | None, str]:
         names, user = task.info["names"], task.info["user"]
@@ -289,7 +408,21 @@ class Chat(Kind):
                 return "form_chat_unprefixed_line", response
             if name:
                 seen.add(name)
-        return (None if seen == set(names) else "form_chat_missing_character"), response
+        # the opening interaction has both characters speak; a later reply needs at least one of them
+        enough = seen == set(names) if task.info.get("turn", 0) == 0 else bool(seen)
+        return (None if enough else "form_chat_missing_character"), response
+
+    def check_user(self, inst: Instructor, task: Task, text: str) -> str | None:
+        if not text.strip():
+            return "form_turn_empty_user"
+        if any(re.search(rf"^\s*{re.escape(n)}\s*:", text, re.M) for n in task.info["names"]):
+            return "form_chat_user_speaks_for_character"  # the user's turn must not put words in their mouths
+        return None
+
+
+class Roleplay(Kind):
+    """Plain role-play requests, continued with the teacher playing the user."""
+    multi_turn = True
 
 
 class Math(Kind):
@@ -307,5 +440,6 @@ KINDS: dict[str, type[Kind]] = {
     "contextual": Contextual,
     "counterfactual_contextual": CounterfactualContextual,
     "chat": Chat,
+    "roleplay": Roleplay,
     "math": Math,
 }

@@ -3,7 +3,8 @@
 For each instructor, workers take tasks (the instructor's kind asks the teacher for a batch of instructions,
 or builds one), claim the instruction in the near-duplicate index, ask the teacher for the answer, run the
 filters (refusals, the kind's form check, optional LLM cull) and append the kept row to the output JSONL
-({instruction, response, category, system?}: the airoboros format `chatsmith data prepare` reads). Every
+({instruction, response, category, system?}: the airoboros format `chatsmith data prepare` reads; multi-turn
+kinds write {messages, category, system?}, which it reads as well). Every
 rejected candidate is counted by reason in the report. Re-running the same command resumes: rows already in
 the output count toward each instructor's target and seed the duplicate index.
 """
@@ -22,9 +23,9 @@ from pathlib import Path
 from chatsmith.errors import ChatsmithError
 from chatsmith.synth.config import SynthConfig
 from chatsmith.synth.filters import NearDuplicates, compile_patterns, first_match
-from chatsmith.synth.kinds import KINDS, GenContext, Kind, Task, parse_numbered
+from chatsmith.synth.kinds import KINDS, GenContext, Kind, Task, parse_numbered, turn_range
 from chatsmith.synth.registry import CULL_PROMPT, DEFAULT_TOPICS, TOPICS_PROMPT, Instructor, fill, load_instructors
-from chatsmith.synth.store import Report, RowFile, make_row
+from chatsmith.synth.store import Report, RowFile, make_conversation_row, make_row, row_instruction
 from chatsmith.synth.teacher import Teacher, TeacherFailure
 
 _VERDICT = re.compile(r"\b(GOOD|BAD)\b", re.IGNORECASE)
@@ -143,12 +144,15 @@ class InstructorRun:
         key = sh.dedupe.reserve(task.instruction) if sh.dedupe else ""
         if key is None:
             return self._reject("near_duplicate")
+        conv = None
         try:
             response = await sh.teacher.complete(task.messages, temperature=inst.get("temperature"),
                                                  max_tokens=inst.get("max_tokens"))
             reason, response = self._check(task, response.strip())
             if reason is None and sh.cull_prompt:
                 reason = await self._cull(task, response)
+            if reason is None and self.kind.multi_turn:
+                conv, reason = await self._continue(task, response)
         except TeacherFailure as f:
             reason = f"teacher_{f.reason}"
         except BaseException:
@@ -159,11 +163,42 @@ class InstructorRun:
             if key:
                 sh.dedupe.release(key)
             return self._reject(reason)
-        sh.rows.append(make_row(task.instruction, response, inst.name, inst.get("system")))
+        if conv is not None:
+            sh.rows.append(make_conversation_row(conv, inst.name, inst.get("system")))
+        else:
+            sh.rows.append(make_row(task.instruction, response, inst.name, inst.get("system")))
         self.candidates += 1
         self.entry["kept"] += 1
         self.bar.update(1)
         sh.save_report()
+
+    async def _continue(self, task: Task, response: str) -> tuple[list[dict] | None, str | None]:
+        """A kept first exchange continued to a drawn number of exchanges: the teacher writes each next user
+        turn (kind.next_user), then answers it seeing the whole conversation; every answer passes the same checks
+        as the first, and one failed turn drops the conversation (counted by its reason)."""
+        inst, sh = self.inst, self.shared
+        lo, hi = turn_range(inst)
+        n = sh.ctx.rng.randint(lo, hi)
+        conv = [{"role": "user", "content": task.instruction}, {"role": "assistant", "content": response}]
+        request = [*task.messages, {"role": "assistant", "content": response}]
+        for turn in range(1, n):
+            user = await self.kind.next_user(inst, sh.ctx, task, conv)
+            reason = self.kind.check_user(inst, task, user)
+            if reason is None and first_match(sh.refusals, user):
+                reason = "refusal_user_turn"
+            if reason:
+                return None, reason
+            conv.append({"role": "user", "content": user})
+            request.append({"role": "user", "content": user})
+            reply = await sh.teacher.complete(request, temperature=inst.get("temperature"),
+                                              max_tokens=inst.get("max_tokens"))
+            task.info["turn"] = turn
+            reason, reply = self._check(task, reply.strip())
+            if reason:
+                return None, reason
+            conv.append({"role": "assistant", "content": reply})
+            request.append({"role": "assistant", "content": reply})
+        return conv, None
 
     def _check(self, task: Task, response: str) -> tuple[str | None, str]:
         if len(response) < max(1, self.shared.cfg.min_response_chars):
@@ -249,7 +284,7 @@ async def synthesize(cfg: SynthConfig) -> Report:
     if cfg.dedupe.enabled:
         dedupe = NearDuplicates(cfg.dedupe.threshold, cfg.dedupe.num_perm, cfg.dedupe.shingle)
         for r in existing:
-            dedupe.reserve(r["instruction"])
+            dedupe.reserve(row_instruction(r))
     cull_prompt = None
     if cfg.cull.enabled:
         cull_path = Path(cfg.cull.prompt) if cfg.cull.prompt else CULL_PROMPT

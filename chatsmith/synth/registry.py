@@ -67,7 +67,7 @@ def _read_spec(path: Path, where: str) -> dict[str, Any]:
 
 
 _OVERRIDES = ("batch_size", "temperature", "max_tokens", "system", "plain_share", "languages",
-              "unanswerable_share", "characters")
+              "unanswerable_share", "characters", "turns", "blocks", "instructions_per_row")
 
 
 def load_instructors(cfg: SynthConfig) -> list[Instructor]:

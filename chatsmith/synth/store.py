@@ -27,6 +27,33 @@ def make_row(instruction: str, response: str, category: str, system: str | None)
     return row
 
 
+def make_conversation_row(messages: list[dict[str, str]], category: str, system: str | None) -> dict[str, Any]:
+    """A multi-turn row in the messages format (user, assistant, ... ending with the assistant)."""
+    row: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+                           "category": category}
+    if system:
+        row["system"] = system
+    return row
+
+
+def row_instruction(row: dict[str, Any]) -> str:
+    """What the duplicate index keys a row by: its instruction, or a conversation's first user turn."""
+    if "messages" in row:
+        return next((m["content"] for m in row["messages"] if m.get("role") == "user"), "")
+    return row["instruction"]
+
+
+def _valid_row(row: Any) -> bool:
+    if not isinstance(row, dict) or not isinstance(row.get("category"), str):
+        return False
+    if "messages" in row:
+        msgs = row["messages"]
+        return (isinstance(msgs, list) and len(msgs) >= 2 and len(msgs) % 2 == 0
+                and all(isinstance(m, dict) and m.get("role") == ("user", "assistant")[i % 2]
+                        and isinstance(m.get("content"), str) for i, m in enumerate(msgs)))
+    return all(isinstance(row.get(k), str) for k in ROW_FIELDS[:2])
+
+
 class RowFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -51,9 +78,9 @@ class RowFile:
             except json.JSONDecodeError as e:
                 raise ChatsmithError(f"{self.path}:{lineno}: not valid JSON ({e.msg}); fix or move the file "
                                      "before resuming") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ROW_FIELDS[:3]):
+            if not _valid_row(row):
                 raise ChatsmithError(f"{self.path}:{lineno}: expected an object with string instruction, "
-                                     "response and category")
+                                     "response and category, or messages (user, assistant, ...) and category")
             rows.append(row)
         return rows
 
