@@ -130,7 +130,8 @@ def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | N
     out = Path(cfg.output_dir).expanduser().resolve()
     multi = len(plan.stages) > 1
     lineage = lin.base_lineage(model=cfg.model, model_path=Path(plan.ref.path),
-                               template=template_to_meta(plan.template), config=cfg.model_dump(mode="json"))
+                               template=template_to_meta(plan.template), config=cfg.model_dump(mode="json"),
+                               hot_start=lin.hot_start(plan.ref.meta, plan.ref.adapters))
     base_path = Path(plan.ref.path)
     base_model = str(Path(cfg.model).expanduser().resolve()) if Path(cfg.model).expanduser().exists() else cfg.model
     prev_adapter: Path | None = plan.ref.adapters[-1] if plan.ref.adapters else None
@@ -152,7 +153,7 @@ def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | N
                 prev_adapter = prev.dir
         from chatsmith.models import META_FILE
 
-        if multi and cfg.resume and _stage_complete(st.dir):
+        if multi and cfg.resume and _stage_complete(st.dir, cfg.keep_checkpoints):
             say(f"chatsmith: stage {st.name} is already complete in {st.dir}; continuing with the next stage")
             lineage["stages"].append(json.loads((st.dir / META_FILE).read_text())["lineage"]["stages"][-1])
             continue
@@ -177,10 +178,11 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _stage_complete(path: Path) -> bool:
+def _stage_complete(path: Path, keep_checkpoints: bool = False) -> bool:
+    """chatsmith.json is written last; checkpoints left without keep_checkpoints mean the stage was cut short."""
     from chatsmith.models import META_FILE
 
-    return (path / META_FILE).is_file() and not (path / "checkpoints").exists()
+    return (path / META_FILE).is_file() and (keep_checkpoints or not (path / "checkpoints").exists())
 
 
 def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str, prev_adapter: Path | None,
@@ -284,14 +286,15 @@ def _data_entry(f: Path) -> dict:
 def merge_stage(base_path: Path, adapter: Path, out: Path) -> Path:
     """The previous stage's adapter merged into its base, saved as safetensors (the next stage's base)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chatsmith.adapters import merge_adapter
 
     if (out / "config.json").is_file() and (out / ".complete").is_file():
         return out
     if _is_main():
         model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = merge_adapter(model, adapter)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
