@@ -82,6 +82,13 @@ class Hyper(BaseModel):
     eval_steps: int | None = Field(None, ge=1)  # default: save_steps
     save_total_limit: int = Field(2, ge=1)
 
+    @field_validator("val_set_size")
+    @classmethod
+    def _count_or_fraction(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError("a count of rows is a whole number; a fraction of the rows is below 1")
+        return v
+
     @field_validator("data", "val_data", mode="before")
     @classmethod
     def _paths(cls, v: Any) -> Any:

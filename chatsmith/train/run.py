@@ -100,9 +100,9 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         val_files = data_files(scfg.val_data, "train") if scfg.val_data else data_files(scfg.data, "val")
         read_drops: dict[str, int] = {}
         rows = [r for f in files for r in read_file(f, read_drops)]
-        val_rows = [r for f in val_files for r in read_file(f, read_drops)]
-        if not val_rows and scfg.val_set_size:
-            rows, val_rows = split_validation(rows, scfg.val_set_size, scfg.seed)
+        val_files, val_rows, val_source = _validation(sname, scfg, files, val_files, read_drops)
+        if scfg.val_set_size:
+            rows, val_rows = split_validation(rows, scfg.val_set_size, scfg.seed, where=f"stage {sname}")
         kw = {"max_length": scfg.max_length, "train_on_inputs": scfg.train_on_inputs}
         train = tokenize(rows, template, tokenizer, **kw)
         val = tokenize(val_rows, template, tokenizer, **kw) if val_rows else None
@@ -116,8 +116,29 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         plan.stages.append(StagePlan(sname, start, scfg, files, val_files, train, val))
         drop = "; ".join(f"{n} {why}" for why, n in train.dropped.items())
         say(f"chatsmith: stage {sname}: {len(train.examples)} training rows, {train.n_tokens:,} tokens"
-            + (f", {len(val.examples)} validation rows" if val else "") + (f" (dropped: {drop})" if drop else ""))
+            + (f", {len(val.examples)} validation rows ({val_source})" if val else "")
+            + (f" (dropped: {drop})" if drop else ""))
     return plan
+
+
+def _validation(sname: str, cfg: TrainConfig, files: list[Path], val_files: list[Path],
+                drops: dict[str, int]) -> tuple[list[Path], list, str]:
+    """(validation files, their rows, where they come from). `val_set_size` always applies: it splits the
+    training rows even when the prepared folder holds a val.jsonl, and the run says so; set beside an explicit
+    `val_data` it is a contradiction and an error. A folder's val.jsonl is used when val_set_size is 0."""
+    size = cfg.val_set_size
+    if size and cfg.val_data:
+        raise ConfigError(f"stage {sname}: both val_data ({', '.join(map(str, val_files)) or cfg.val_data}) and "
+                          f"val_set_size ({size:g}) set the validation rows; keep one")
+    if size:
+        if val_files:
+            n = sum(1 for f in val_files for _ in read_file(f, {}))
+            say(f"chatsmith: stage {sname}: validation: val_set_size {size:g} splits {', '.join(map(str, files))}; "
+                f"{', '.join(map(str, val_files))} ({n} rows) is not used (val_set_size: 0 uses it instead)")
+        return [], [], f"split off by val_set_size {size:g}"
+    if val_files:
+        return val_files, [r for f in val_files for r in read_file(f, drops)], ", ".join(f.name for f in val_files)
+    return [], [], ""
 
 
 def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | None = None) -> Path:
