@@ -99,6 +99,27 @@ def test_tiny_gpt_neox_f32_logits(tmp_path, tiny_root):
     assert np.abs(np.array(llm.scores[: len(ids)]) - hf).max() < 1e-3
 
 
+def test_tiny_bloom_f32_matches_engine(tmp_path, tiny_root):
+    """BLOOM (ALiBi, fused QKV, embedding layernorm, tied output) as llama.cpp's BloomModel converts it."""
+    import tiny
+    import torch
+
+    from chatsmith import models
+
+    src = tiny.build("bloom", tiny_root)
+    llm = load_gguf(export_gguf(str(src), tmp_path / "bloom.gguf", qtype="f32"))
+    assert llm.metadata["general.architecture"] == "bloom"
+    engine = HFEngine.load(str(src), template="chatml", dtype="fp32")
+    agree, total, rows = greedy_agreement(engine, llm, max_new=12)
+    assert rows == 5 and agree == total   # f32: identical greedy continuations
+    ids = [5, 40, 41, 42, 100, 200, 300, 17]
+    llm.reset()
+    llm.eval(ids)
+    with torch.no_grad():
+        hf = models.load_model(str(src), dtype="fp32")(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(np.array(llm.scores[: len(ids)]) - hf).max() < 1e-3
+
+
 @pytest.mark.slow
 def test_embedded_model_f16_greedy_matches(smollm2_path, tmp_path):
     out = export_gguf("smollm2", tmp_path / "smollm2-f16.gguf", qtype="f16")
@@ -147,16 +168,22 @@ def test_merged_finetune_export(cli, tiny_llama, tmp_path):
     assert out.stat().st_size < 0.5 * out32.stat().st_size
 
 
-def test_unsupported_architecture_is_one_clear_error(cli, tiny_root, tmp_path):
-    import tiny
+def test_unsupported_architecture_is_one_clear_error(cli, tiny_llama, tmp_path):
+    import shutil
 
-    bloom = tiny.build("bloom", tiny_root)
-    out = tmp_path / "bloom.gguf"
-    r = cli("export", "gguf", "--model", str(bloom), "--output", str(out))
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "models" / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=600, n_embd=32, n_layer=1, n_head=2)).save_pretrained(gpt2)
+    for f in tiny_llama.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, gpt2 / f.name)
+    out = tmp_path / "gpt2.gguf"
+    r = cli("export", "gguf", "--model", str(gpt2), "--output", str(out))
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"chatsmith: {bloom}: GGUF export supports the llama and gpt_neox architectures; "
-                                "this model is 'bloom'")
-    assert list(tmp_path.iterdir()) == []
+    assert r.stderr.strip() == (f"chatsmith: {gpt2}: GGUF export supports the llama, gpt_neox, bloom architectures; "
+                                "this model is 'gpt2'")
+    assert not out.exists()
 
 
 def test_failure_midway_leaves_no_file(tiny_llama, tmp_path, monkeypatch):
