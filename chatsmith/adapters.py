@@ -72,8 +72,11 @@ def load_adapter(model: Any, adapter: Path, *, trainable: bool = False):
 
 def merge_adapter(model: Any, adapter: Path):
     """`adapter` loaded onto `model` (checked as in load_adapter) and folded into its weights."""
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight is model.get_input_embeddings().weight
     merged = load_adapter(model, adapter).merge_and_unload()
-    _keep_tying_honest(merged)
+    if tied:
+        _keep_tying_honest(merged)
     return merged
 
 
@@ -171,19 +174,17 @@ def _saved_matrix(shapes: dict[str, tuple[int, ...]], module: str) -> tuple[int,
 
 
 def _keep_tying_honest(model: Any) -> None:
-    """peft's modules_to_save copies untie embed_tokens and lm_head. Equal matrices are tied again; different ones
-    stay separate and the config says so (else saving a 'tied' model would drop the adapter's lm_head)."""
+    """A base with tied embed_tokens/lm_head: peft's modules_to_save copies untie them (and peft marks the config
+    untied). Equal matrices are tied again, as the base was; different ones stay separate and untied in the
+    config (a config saying 'tied' would make loaders drop the adapter's lm_head)."""
     import torch
 
     emb, out = model.get_input_embeddings(), model.get_output_embeddings()
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if out is None or not getattr(cfg, "tie_word_embeddings", False) or out.weight is emb.weight:
-        return
-    if out.weight.shape == emb.weight.shape and torch.equal(out.weight, emb.weight):
+    same = out.weight is emb.weight or (out.weight.shape == emb.weight.shape and torch.equal(out.weight, emb.weight))
+    if same:
         out.weight = emb.weight
-    else:
-        cfg.tie_word_embeddings = False
-        model.config.tie_word_embeddings = False
+    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = same
 
 
 def _first_line(e: Exception) -> str:

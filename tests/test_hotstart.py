@@ -233,3 +233,34 @@ def test_adapters_that_do_not_fit_fail_in_one_line(case, cli, tiny_llama, zh_lor
     assert r.stderr.count("chatsmith: ") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("chatsmith: " + expect), r.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_tied_base_stays_tied_unless_the_adapter_unties_it(tiny_llama, tmp_path):
+    """SmolLM2-style tied embeddings: peft's modules_to_save copies untie them; equal copies are tied again, an
+    adapter with its own lm_head gives an untied model that keeps that lm_head."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatsmith.export.merge import merge_adapters
+
+    tied = tmp_path / "tied-llama"
+    cfg = json.loads((tiny_llama / "config.json").read_text())
+    LlamaForCausalLM(LlamaConfig(**{**cfg, "tie_word_embeddings": True})).save_pretrained(tied)
+    for f in tiny_llama.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, tied / f.name)
+    lora = make_tiny_hotstart.build(str(tied), tmp_path / "zh-lora")
+    out = merge_adapters(str(tied), [str(lora)], tmp_path / "merged", dtype="fp32")
+    merged = _load(out)
+    assert merged.config.tie_word_embeddings and merged.lm_head.weight is merged.get_input_embeddings().weight
+    ids = torch.tensor(_prompts(AutoTokenizer.from_pretrained(str(out))))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, _reference(tied, lora)(ids).logits, atol=1e-4, rtol=0)
+
+    w = load_file(str(lora / "adapter_model.safetensors"))
+    w["base_model.model.lm_head.weight"] = w["base_model.model.lm_head.weight"] * 1.5
+    save_file(w, str(lora / "adapter_model.safetensors"))
+    untied = _load(merge_adapters(str(tied), [str(lora)], tmp_path / "untied", dtype="fp32"))
+    assert not untied.config.tie_word_embeddings
+    torch.testing.assert_close(untied.lm_head.weight, w["base_model.model.lm_head.weight"])
+    torch.testing.assert_close(untied.get_input_embeddings().weight, w["base_model.model.model.embed_tokens.weight"])
