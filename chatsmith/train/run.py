@@ -131,8 +131,8 @@ def _validation(sname: str, cfg: TrainConfig, files: list[Path], val_files: list
         raise ConfigError(f"stage {sname}: both val_data ({', '.join(map(str, val_files)) or cfg.val_data}) and "
                           f"val_set_size ({size:g}) set the validation rows; keep one")
     if size:
-        if val_files:
-            n = sum(1 for f in val_files for _ in read_file(f, {}))
+        n = sum(1 for f in val_files for _ in read_file(f, {}))
+        if n:
             say(f"chatsmith: stage {sname}: validation: val_set_size {size:g} splits {', '.join(map(str, files))}; "
                 f"{', '.join(map(str, val_files))} ({n} rows) is not used (val_set_size: 0 uses it instead)")
         return [], [], f"split off by val_set_size {size:g}"
