@@ -120,6 +120,34 @@ def test_tiny_bloom_f32_matches_engine(tmp_path, tiny_root):
     assert np.abs(np.array(llm.scores[: len(ids)]) - hf).max() < 1e-3
 
 
+def test_bloom_tokenizer_pre_tokenizes_like_llama_cpp_bloom(tmp_path):
+    """BLOOM's own tokenizer.json layout (a Split regex, then ByteLevel without a regex) is written as llama.cpp's
+    `bloom` pre-tokenizer, and llama.cpp then tokenizes text exactly as the HF tokenizer does."""
+    import tiny
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。,、।۔،])]+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(tiny.CORPUS, trainers.BpeTrainer(vocab_size=600, special_tokens=tiny.SPECIALS,
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    src = tmp_path / "bloom-tok"
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            pad_token="<|padding|>").save_pretrained(src)
+    tiny.build_model("bloom", src, vocab_size=600)
+    llm = load_gguf(export_gguf(str(src), tmp_path / "b.gguf", qtype="f32"))
+    assert llm.metadata["tokenizer.ggml.pre"] == "bloom"
+    hf = AutoTokenizer.from_pretrained(str(src))
+    for text in ["What is the capital of France? The capital of France is Paris.", "  two  spaces, and…ellipsis!  ",
+                 "下面是一条描述任务的指令。请写出恰当完成该请求的回答。", "def add(a, b):\n    return a + b\n",
+                 "你好，世界、 ok।done"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
+            hf(text, add_special_tokens=False)["input_ids"], text
+
+
 @pytest.mark.slow
 def test_embedded_model_f16_greedy_matches(smollm2_path, tmp_path):
     out = export_gguf("smollm2", tmp_path / "smollm2-f16.gguf", qtype="f16")

@@ -299,8 +299,21 @@ def _pre_tokenizer_name(spec: dict[str, Any], path: Path) -> str:
             return "gpt-2"
         if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
             return "smollm"
+    if _is_bloom_pre_tokenizer(steps):
+        return "bloom"
     raise ChatsmithError(f"{path}: the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) has no known "
-                         "llama.cpp equivalent; the GGUF export supports GPT-2 and SmolLM style byte-level BPE")
+                         "llama.cpp equivalent; the GGUF export supports GPT-2, SmolLM and BLOOM style byte-level BPE")
+
+
+# BLOOM's tokenizer.json splits on this regex, then maps bytes without a regex of its own; llama.cpp's `bloom`
+# pre-tokenizer is the same split.
+_BLOOM_SPLIT = " ?[^(\\s|[.,!?…。,、।۔،])]+"
+
+
+def _is_bloom_pre_tokenizer(steps: list[dict[str, Any]]) -> bool:
+    return [s.get("type") for s in steps] == ["Split", "ByteLevel"] and \
+        (steps[0].get("pattern") or {}).get("Regex") == _BLOOM_SPLIT and steps[0].get("behavior") == "Isolated" \
+        and not steps[1].get("use_regex", True) and not steps[1].get("add_prefix_space")
 
 
 def _chat_template(ref: models.ModelRef, tokenizer) -> str | None:
