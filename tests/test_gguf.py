@@ -143,7 +143,7 @@ def test_bloom_tokenizer_pre_tokenizes_like_llama_cpp_bloom(tmp_path):
     hf = AutoTokenizer.from_pretrained(str(src))
     for text in ["What is the capital of France? The capital of France is Paris.", "  two  spaces, and…ellipsis!  ",
                  "下面是一条描述任务的指令。请写出恰当完成该请求的回答。", "def add(a, b):\n    return a + b\n",
-                 "你好，世界、 ok।done"]:
+                 "你好，世界、 ok।done", "date: 2021-01-01 url: https://web.site/123", "return a+b;"]:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
             hf(text, add_special_tokens=False)["input_ids"], text
 
