@@ -80,6 +80,23 @@ def merge_adapter(model: Any, adapter: Path):
     return merged
 
 
+def check_fits(base: str | Path, adapters: list[Path]) -> None:
+    """load_adapter's vocabulary checks on a weightless (meta device) copy of the base, adapters in order: a
+    misfit fails in a second, before a 13B base's weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(base))
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - an exotic architecture: the real load checks again
+        return
+    skeleton.name_or_path = str(base)
+    for a in adapters:
+        fit_vocabulary(skeleton, a, tensor_shapes(a))
+
+
 def fit_vocabulary(model: Any, adapter: Path, shapes: dict[str, tuple[int, ...]]) -> None:
     """Resize the base's embeddings (and an untied lm_head) to the adapter's saved embed_tokens, or refuse."""
     emb_name, emb = _module_named(model, model.get_input_embeddings())

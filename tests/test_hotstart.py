@@ -7,6 +7,7 @@ not fit fail with one line naming the file and leave nothing behind."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -226,6 +227,15 @@ def test_adapters_that_do_not_fit_fail_in_one_line(case, cli, tiny_llama, zh_lor
         save_file(w, str(adapter / "adapter_model.safetensors"))
         expect = f"{adapter}: its tokenizer has "
     out = tmp_path / "merged"
+    # checked on a weightless copy of the base: the error comes before any weights are loaded
+    from chatsmith import models
+    from chatsmith.errors import ModelLoadError
+    from chatsmith.export.merge import merge_adapters
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_model", lambda *a, **k: pytest.fail("the base's weights were loaded"))
+        with pytest.raises(ModelLoadError, match="^" + re.escape(expect)):
+            merge_adapters(str(base), [str(adapter)], out)
     r = cli("merge", "--base", str(base), "--adapter", str(adapter), "--output", str(out),
             env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 2, r.stderr

@@ -54,8 +54,9 @@ def merge_adapters(base: str | None, adapters: list[str], output: str | Path, *,
     plain_base = models.ModelRef(base_ref.path, [], base_ref.meta, base_ref.name)
     import torch  # after the cheap checks: a refused output answers at once
 
-    from chatsmith.adapters import merge_adapter
+    from chatsmith.adapters import check_fits, merge_adapter
 
+    check_fits(base_ref.path, chain)
     model = models.load_model(plain_base, dtype=torch.float32, device="cpu")
     base_rows = model.get_input_embeddings().weight.shape[0]
     for a in chain:

@@ -93,6 +93,10 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
     check_method(cfg)
     if not ref.adapters:
         check_targets(Path(ref.path), cfg)
+    else:
+        from chatsmith.adapters import check_fits
+
+        check_fits(ref.path, ref.adapters)          # a hot start that does not fit fails before data is read
     for sname, start, scfg in stage_cfgs:
         files = data_files(scfg.data, "train")
         if not files:
