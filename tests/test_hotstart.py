@@ -274,3 +274,25 @@ def test_tied_base_stays_tied_unless_the_adapter_unties_it(tiny_llama, tmp_path)
     assert not untied.config.tie_word_embeddings
     torch.testing.assert_close(untied.lm_head.weight, w["base_model.model.lm_head.weight"])
     torch.testing.assert_close(untied.get_input_embeddings().weight, w["base_model.model.model.embed_tokens.weight"])
+
+
+def test_gguf_export_of_the_merged_hot_start(tiny_llama, zh_lora, tmp_path):
+    """The extended vocabulary reaches llama.cpp: the added Chinese tokens tokenize as in HF and the greedy
+    continuations at f32 are identical."""
+    pytest.importorskip("llama_cpp")
+    from test_gguf import greedy_agreement, load_gguf
+
+    from chatsmith.engine.hf import HFEngine
+    from chatsmith.export.gguf import export_gguf
+    from chatsmith.export.merge import merge_adapters
+
+    merged = merge_adapters(str(tiny_llama), [str(zh_lora)], tmp_path / "merged", dtype="fp32")
+    llm = load_gguf(export_gguf(str(merged), tmp_path / "zh.gguf", qtype="f32"))
+    hf = AutoTokenizer.from_pretrained(str(merged))
+    assert llm.n_vocab() == len(hf)
+    for text in ["你好长城", "用一句话介绍北京。", "中国 心理咨询"]:
+        ids = hf(text, add_special_tokens=False)["input_ids"]
+        assert any(i >= 600 for i in ids) and llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    engine = HFEngine.load(str(merged), template="chatml", dtype="fp32")
+    agree, total, rows = greedy_agreement(engine, llm, max_new=12)
+    assert rows == 5 and agree == total
