@@ -80,7 +80,8 @@ def test_merge_resizes_and_equals_base_plus_adapter(cli, tiny_llama, zh_lora, tm
     from safetensors.torch import load_file
 
     saved = load_file(str(zh_lora / "adapter_model.safetensors"))
-    torch.testing.assert_close(merged.get_input_embeddings().weight, saved["base_model.model.model.embed_tokens.weight"])
+    torch.testing.assert_close(merged.get_input_embeddings().weight,
+                               saved["base_model.model.model.embed_tokens.weight"])
     torch.testing.assert_close(merged.lm_head.weight, saved["base_model.model.lm_head.weight"])
     meta = json.loads((out / "chatsmith.json").read_text())
     assert meta["vocab_extended"] == {"base": 600, "merged": len(zh_tok), "tokenizer": len(zh_tok)}
@@ -147,7 +148,8 @@ def test_three_stages_on_the_merged_hot_start_resume_and_lineage(tiny_llama, zh_
     assert lin["stages"][1]["resumed_from"].endswith("checkpoint-2")
     hs = lin["hot_start"]["merged"]
     assert hs["base"] == str(tiny_llama) and [x["path"] for x in hs["adapters"]] == [str(zh_lora)]
-    assert hs["adapters"][0]["sha256"] and hs["vocab_extended"]["merged"] == len(AutoTokenizer.from_pretrained(str(hot)))
+    assert hs["adapters"][0]["sha256"]
+    assert hs["vocab_extended"]["merged"] == len(AutoTokenizer.from_pretrained(str(hot)))
     # the stages' tokenizer is the extended one: a Chinese word is one token in the output's tokenizer
     tok = AutoTokenizer.from_pretrained(str(out))
     assert len(tok("长城", add_special_tokens=False)["input_ids"]) == 1
@@ -162,7 +164,8 @@ def test_train_continues_the_extended_adapter(tiny_llama, zh_lora, tmp_path):
     (f1,) = _stage_data(tmp_path / "data")[:1]
     out = train({"model": str(zh_lora), "data": str(f1), "template": "dreamer_zh", "output_dir": str(tmp_path / "o"),
                  "max_length": 64, "batch_size": 2, "max_steps": 2, "precision": "fp32", "learning_rate": 1e-2})
-    before, after = load_file(str(zh_lora / "adapter_model.safetensors")), load_file(str(out / "adapter_model.safetensors"))
+    before = load_file(str(zh_lora / "adapter_model.safetensors"))
+    after = load_file(str(out / "adapter_model.safetensors"))
     key = "base_model.model.model.embed_tokens.weight"
     emb = next(v for k, v in after.items() if k.replace(".modules_to_save", "") == key)
     assert emb.shape == before[key].shape and not torch.equal(emb, before[key])

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from chatsmith.errors import ChatsmithError
-from chatsmith.train.run import plan_run
 from chatsmith.train.config import parse_config
+from chatsmith.train.run import plan_run
 
 ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                      {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]} for a in range(6) for b in range(4)]
+                      {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]}
+        for a in range(6) for b in range(4)]
 
 
 @pytest.fixture(scope="module")
