@@ -225,7 +225,7 @@ def test_failure_midway_leaves_no_file(tiny_llama, tmp_path, monkeypatch):
         yield from real(model)
         yield "model.layers.0.mystery.weight", next(iter(model.state_dict().values()))
 
-    monkeypatch.setattr(gguf_export, "_LLAMA_TENSORS", with_extra)
+    monkeypatch.setitem(gguf_export._TENSORS, "llama", with_extra)
     with pytest.raises(ChatsmithError, match="mystery.weight.* has no llama.cpp name"):
         export_gguf(str(tiny_llama), tmp_path / "x.gguf", qtype="f16")
     assert list(tmp_path.iterdir()) == []
