@@ -100,10 +100,9 @@ def resolve(model: str | os.PathLike = DEFAULT_MODEL, adapters: list[str] | None
 
 
 def _check_adapter(a: str) -> Path:
-    p = Path(a).expanduser()
-    if not (p / "adapter_config.json").is_file():
-        raise ModelLoadError(f"{p}: not a LoRA adapter directory (no adapter_config.json)")
-    return p
+    from chatsmith.adapters import check_adapter
+
+    return check_adapter(a)
 
 
 def convert_gguf(gguf: Path, name: str | None = None) -> Path:
@@ -164,7 +163,8 @@ def load_tokenizer(ref: ModelRef | str):
 
     if not isinstance(ref, ModelRef):
         ref = resolve(ref)
-    src = ref.adapters[-1] if ref.adapters and (ref.adapters[-1] / "tokenizer_config.json").is_file() else ref.path
+    # the last adapter that ships a tokenizer: a hot start's extended vocabulary holds for the stages after it
+    src = next((a for a in reversed(ref.adapters) if (a / "tokenizer_config.json").is_file()), ref.path)
     try:
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     except OSError as e:
@@ -208,15 +208,11 @@ def load_model(ref: ModelRef | str, *, dtype: str | Any = "auto", device: str | 
 
 
 def apply_adapters(model, adapters: list[Path], merge: bool = False):
-    from peft import PeftModel
+    """Adapters in order, each merged before the next; the last one merged too if `merge`, else attached."""
+    from chatsmith.adapters import load_adapter, merge_adapter
 
     for i, a in enumerate(adapters):
-        try:
-            model = PeftModel.from_pretrained(model, str(a))
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ModelLoadError(f"{a}: this adapter does not fit the base model ({str(e).splitlines()[0][:300]})") from None
-        if merge or i < len(adapters) - 1:
-            model = model.merge_and_unload()
+        model = merge_adapter(model, a) if merge or i < len(adapters) - 1 else load_adapter(model, a)
     return model
 
 

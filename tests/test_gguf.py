@@ -99,6 +99,55 @@ def test_tiny_gpt_neox_f32_logits(tmp_path, tiny_root):
     assert np.abs(np.array(llm.scores[: len(ids)]) - hf).max() < 1e-3
 
 
+def test_tiny_bloom_f32_matches_engine(tmp_path, tiny_root):
+    """BLOOM (ALiBi, fused QKV, embedding layernorm, tied output) as llama.cpp's BloomModel converts it."""
+    import tiny
+    import torch
+
+    from chatsmith import models
+
+    src = tiny.build("bloom", tiny_root)
+    llm = load_gguf(export_gguf(str(src), tmp_path / "bloom.gguf", qtype="f32"))
+    assert llm.metadata["general.architecture"] == "bloom"
+    engine = HFEngine.load(str(src), template="chatml", dtype="fp32")
+    agree, total, rows = greedy_agreement(engine, llm, max_new=12)
+    assert rows == 5 and agree == total   # f32: identical greedy continuations
+    ids = [5, 40, 41, 42, 100, 200, 300, 17]
+    llm.reset()
+    llm.eval(ids)
+    with torch.no_grad():
+        hf = models.load_model(str(src), dtype="fp32")(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(np.array(llm.scores[: len(ids)]) - hf).max() < 1e-3
+
+
+def test_bloom_tokenizer_pre_tokenizes_like_llama_cpp_bloom(tmp_path):
+    """BLOOM's own tokenizer.json layout (a Split regex, then ByteLevel without a regex) is written as llama.cpp's
+    `bloom` pre-tokenizer, and llama.cpp then tokenizes text exactly as the HF tokenizer does."""
+    import tiny
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。,、।۔،])]+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(tiny.CORPUS, trainers.BpeTrainer(vocab_size=600, special_tokens=tiny.SPECIALS,
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    src = tmp_path / "bloom-tok"
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            pad_token="<|padding|>").save_pretrained(src)
+    tiny.build_model("bloom", src, vocab_size=600)
+    llm = load_gguf(export_gguf(str(src), tmp_path / "b.gguf", qtype="f32"))
+    assert llm.metadata["tokenizer.ggml.pre"] == "bloom"
+    hf = AutoTokenizer.from_pretrained(str(src))
+    for text in ["What is the capital of France? The capital of France is Paris.", "  two  spaces, and…ellipsis!  ",
+                 "下面是一条描述任务的指令。请写出恰当完成该请求的回答。", "def add(a, b):\n    return a + b\n",
+                 "你好，世界、 ok।done", "date: 2021-01-01 url: https://web.site/123", "return a+b;"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
+            hf(text, add_special_tokens=False)["input_ids"], text
+
+
 @pytest.mark.slow
 def test_embedded_model_f16_greedy_matches(smollm2_path, tmp_path):
     out = export_gguf("smollm2", tmp_path / "smollm2-f16.gguf", qtype="f16")
@@ -147,16 +196,22 @@ def test_merged_finetune_export(cli, tiny_llama, tmp_path):
     assert out.stat().st_size < 0.5 * out32.stat().st_size
 
 
-def test_unsupported_architecture_is_one_clear_error(cli, tiny_root, tmp_path):
-    import tiny
+def test_unsupported_architecture_is_one_clear_error(cli, tiny_llama, tmp_path):
+    import shutil
 
-    bloom = tiny.build("bloom", tiny_root)
-    out = tmp_path / "bloom.gguf"
-    r = cli("export", "gguf", "--model", str(bloom), "--output", str(out))
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "models" / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=600, n_embd=32, n_layer=1, n_head=2)).save_pretrained(gpt2)
+    for f in tiny_llama.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, gpt2 / f.name)
+    out = tmp_path / "gpt2.gguf"
+    r = cli("export", "gguf", "--model", str(gpt2), "--output", str(out))
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"chatsmith: {bloom}: GGUF export supports the llama and gpt_neox architectures; "
-                                "this model is 'bloom'")
-    assert list(tmp_path.iterdir()) == []
+    assert r.stderr.strip() == (f"chatsmith: {gpt2}: GGUF export supports the llama, gpt_neox, bloom architectures; "
+                                "this model is 'gpt2'")
+    assert not out.exists()
 
 
 def test_failure_midway_leaves_no_file(tiny_llama, tmp_path, monkeypatch):
@@ -170,7 +225,7 @@ def test_failure_midway_leaves_no_file(tiny_llama, tmp_path, monkeypatch):
         yield from real(model)
         yield "model.layers.0.mystery.weight", next(iter(model.state_dict().values()))
 
-    monkeypatch.setattr(gguf_export, "_LLAMA_TENSORS", with_extra)
+    monkeypatch.setitem(gguf_export._TENSORS, "llama", with_extra)
     with pytest.raises(ChatsmithError, match="mystery.weight.* has no llama.cpp name"):
         export_gguf(str(tiny_llama), tmp_path / "x.gguf", qtype="f16")
     assert list(tmp_path.iterdir()) == []

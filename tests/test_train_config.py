@@ -87,3 +87,25 @@ def test_accelerate_example_configs_parse():
              for p in (RECIPES.parent / "examples" / "accelerate").glob("*.yaml")}
     assert kinds == {"cpu-ddp.yaml": "MULTI_CPU", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
                      "deepspeed-zero2.yaml": "DEEPSPEED", "deepspeed-zero3.yaml": "DEEPSPEED"}
+
+
+def test_dreamer_recipes_carry_the_seed_scripts_settings():
+    dr = {name: cfg for name, _, cfg in load_config(RECIPES / "dreamer-13b-lora-hotstart.yaml").stage_configs()}
+    assert [(c.train_on_inputs, c.val_set_size) for c in dr.values()] == [(False, 2000), (True, 200), (True, 200)]
+    f1 = dr["f1"]
+    assert (f1.global_batch_size, f1.batch_size, f1.learning_rate, f1.max_length, f1.epochs) == (256, 8, 1e-4, 512, 3)
+    assert f1.model == "models/chinese-alpaca-13b-merged" and f1.lora.target_modules == ["q_proj", "v_proj"]
+    bl = load_config(RECIPES / "dreamer-bloom-lora.yaml")
+    assert (bl.model, bl.template, bl.method, bl.lora.target_modules) == ("bigscience/bloom-7b1", "alpaca", "lora",
+                                                                          ["query_key_value"])
+    assert (bl.lora.r, bl.lora.alpha, bl.global_batch_size, bl.batch_size, bl.learning_rate, bl.max_length) == \
+        (8, 16, 128, 4, 3e-4, 256)
+    assert bl.packing is False and bl.train_on_inputs is True and bl.val_set_size == 2000
+
+
+def test_a_flag_overrides_every_stage_but_not_stage_data():
+    cfg = load_config(RECIPES / "dreamer-13b-lora-hotstart.yaml", {"val_set_size": 1, "learning_rate": 5e-3})
+    stages = cfg.stage_configs()
+    assert [(c.val_set_size, c.learning_rate) for _, _, c in stages] == [(1, 5e-3)] * 3
+    assert [c.train_on_inputs for _, _, c in stages] == [False, True, True]        # keys no flag named stay
+    assert [c.data for _, _, c in stages] == ["data/dreamer/f1", "data/dreamer/f2", "data/dreamer/f3"]

@@ -4,7 +4,7 @@ loads directly, with the `gguf` library.
 What goes in, following llama.cpp's own convert_hf_to_gguf.py so llama.cpp reads it the same way:
   * hyperparameters under `<arch>.*` and the tensors under llama.cpp's names (`blk.N.attn_q.weight`, ...);
     llama's Q/K rows are permuted from the HF rotary layout (two halves) to llama.cpp's (interleaved pairs), and
-    gpt_neox's fused QKV rows are regrouped from per-head [q k v] to [all q, all k, all v];
+    gpt_neox's and bloom's fused QKV rows are regrouped from per-head [q k v] to [all q, all k, all v];
   * the tokenizer: a byte-level BPE as `gpt2` (tokens, types, merges, special ids, add_bos) with the
     pre-tokenizer name llama.cpp needs to split text like the HF tokenizer does; a LLaMA-style SentencePiece one
     (tokenizer.model) as `llama`, with scores and byte-fallback pieces (chatsmith/export/gguf_vocab.py);
@@ -27,7 +27,7 @@ from chatsmith.export.atomic import atomic_file, check_output
 from chatsmith.export.gguf_vocab import is_sentencepiece, sentencepiece_vocab, write_sentencepiece_vocab
 
 TYPES = ("f32", "f16", "q8_0")
-ARCHS = {"llama": "LLAMA", "gpt_neox": "GPTNEOX"}
+ARCHS = {"llama": "LLAMA", "gpt_neox": "GPTNEOX", "bloom": "BLOOM"}
 
 
 def configure_gguf(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def export_gguf(model: str, output: str | Path, *, qtype: str = "f16", adapters:
     config = _read_config(ref.path)
     arch = config.get("model_type")
     if arch not in ARCHS:
-        raise ChatsmithError(f"{ref.path}: GGUF export supports the {' and '.join(ARCHS)} architectures; this model "
+        raise ChatsmithError(f"{ref.path}: GGUF export supports the {', '.join(ARCHS)} architectures; this model "
                              f"is {arch!r}")
     _check_rope(config, ref.path)
     import gguf
@@ -76,7 +76,7 @@ def export_gguf(model: str, output: str | Path, *, qtype: str = "f16", adapters:
         _write_vocab(w, vocab)
         if chat_template:
             w.add_chat_template(chat_template)
-        tensors = _LLAMA_TENSORS if arch == "llama" else _NEOX_TENSORS
+        tensors = _TENSORS[arch]
         name_map = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, ARCHS[arch]), hf_model.config.num_hidden_layers)
         for hf_name, data in tensors(hf_model):
             name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -122,7 +122,19 @@ def _neox_hparams(w, cfg) -> None:
     w.add_layer_norm_eps(cfg.layer_norm_eps)
 
 
-_HPARAMS = {"llama": _llama_hparams, "gpt_neox": _neox_hparams}
+def _bloom_hparams(w, cfg) -> None:
+    """As llama.cpp's BloomModel writes them. BLOOM has ALiBi, no position table; its configs name no training
+    length, so the context is seq_length where given, else the 2048 tokens BLOOM was trained on."""
+    w.add_context_length(int(getattr(cfg, "seq_length", None) or 2048))
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(4 * cfg.hidden_size)
+    w.add_block_count(cfg.n_layer)
+    w.add_head_count(cfg.n_head)
+    w.add_head_count_kv(cfg.n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+
+
+_HPARAMS = {"llama": _llama_hparams, "gpt_neox": _neox_hparams, "bloom": _bloom_hparams}
 
 
 def _rope_params(cfg) -> dict[str, Any]:
@@ -183,6 +195,24 @@ def _NEOX_TENSORS(model) -> Iterator[tuple[str, Any]]:
         elif name.endswith("attention.query_key_value.bias"):
             t = t.reshape(n_head, 3, n_embd // n_head).transpose(0, 1).reshape(3 * n_embd)
         yield name, t
+
+
+def _BLOOM_TENSORS(model) -> Iterator[tuple[str, Any]]:
+    """BLOOM as llama.cpp's BloomModel converts it: names without the `transformer.` prefix (the gguf name map's
+    BLOOM entries are spelt so), the fused QKV regrouped from per-head [q k v] to [all q, all k, all v], and the
+    output matrix written out (tied to the embeddings in BLOOM; llama.cpp reads `output.weight`)."""
+    cfg = model.config
+    n_head, n_embd = cfg.n_head, cfg.hidden_size
+    for name, t in model.state_dict().items():
+        name = name.removeprefix("transformer.")
+        if name.endswith("self_attention.query_key_value.weight"):
+            t = t.reshape(n_head, 3, n_embd // n_head, n_embd).transpose(0, 1).reshape(3 * n_embd, n_embd)
+        elif name.endswith("self_attention.query_key_value.bias"):
+            t = t.reshape(n_head, 3, n_embd // n_head).transpose(0, 1).reshape(3 * n_embd)
+        yield name, t
+
+
+_TENSORS = {"llama": _LLAMA_TENSORS, "gpt_neox": _NEOX_TENSORS, "bloom": _BLOOM_TENSORS}
 
 
 def _add_tensor(w, name: str, t, qtype: str) -> None:
@@ -276,8 +306,21 @@ def _pre_tokenizer_name(spec: dict[str, Any], path: Path) -> str:
             return "gpt-2"
         if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
             return "smollm"
+    if _is_bloom_pre_tokenizer(steps):
+        return "bloom"
     raise ChatsmithError(f"{path}: the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) has no known "
-                         "llama.cpp equivalent; the GGUF export supports GPT-2 and SmolLM style byte-level BPE")
+                         "llama.cpp equivalent; the GGUF export supports GPT-2, SmolLM and BLOOM style byte-level BPE")
+
+
+# BLOOM's tokenizer.json splits on this regex, then maps bytes without a regex of its own; llama.cpp's `bloom`
+# pre-tokenizer is the same split.
+_BLOOM_SPLIT = " ?[^(\\s|[.,!?…。,、।۔،])]+"
+
+
+def _is_bloom_pre_tokenizer(steps: list[dict[str, Any]]) -> bool:
+    return [s.get("type") for s in steps] == ["Split", "ByteLevel"] and \
+        (steps[0].get("pattern") or {}).get("Regex") == _BLOOM_SPLIT and steps[0].get("behavior") == "Isolated" \
+        and not steps[1].get("use_regex", True) and not steps[1].get("add_prefix_space")
 
 
 def _chat_template(ref: models.ModelRef, tokenizer) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith import models
-from chatsmith.errors import ChatsmithError, ModelLoadError
+from chatsmith.errors import ChatsmithError
 from chatsmith.export.atomic import atomic_dir, check_output
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -54,13 +54,18 @@ def merge_adapters(base: str | None, adapters: list[str], output: str | Path, *,
     plain_base = models.ModelRef(base_ref.path, [], base_ref.meta, base_ref.name)
     import torch  # after the cheap checks: a refused output answers at once
 
+    from chatsmith.adapters import check_fits, merge_adapter
+
+    check_fits(base_ref.path, chain)
     model = models.load_model(plain_base, dtype=torch.float32, device="cpu")
+    base_rows = model.get_input_embeddings().weight.shape[0]
     for a in chain:
-        model = merge_one(model, a)
+        model = merge_adapter(model, a)      # resizes the embeddings first if `a` extends the vocabulary
     target = _output_dtype(dtype, base_ref.path)
     model = model.to(target)
     model.config.dtype = target
 
+    # the tokenizer of the last adapter that ships one (a hot start's extended vocabulary), else the base's
     tokenizer = models.load_tokenizer(models.ModelRef(base_ref.path, chain, base_ref.meta))
     metas = [models.read_meta(a) for a in chain]
     template_meta = next((m["template"] for m in reversed(metas) if m.get("template")),
@@ -71,6 +76,9 @@ def merge_adapters(base: str | None, adapters: list[str], output: str | Path, *,
     meta: dict[str, Any] = {k: v for k, v in metas[-1].items() if k not in ("base_model", "method")}
     meta.update({"method": "merged", "dtype": str(target).replace("torch.", ""),
                  "merged_from": {"base": str(base), "adapters": [str(a) for a in chain]}})
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows != base_rows:
+        meta["vocab_extended"] = {"base": base_rows, "merged": rows, "tokenizer": len(tokenizer)}
     if template_meta:
         meta["template"] = template_meta
     with atomic_dir(out) as tmp:
@@ -78,43 +86,6 @@ def merge_adapters(base: str | None, adapters: list[str], output: str | Path, *,
         tokenizer.save_pretrained(tmp)
         (tmp / models.META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
-
-
-def merge_one(model, adapter: Path):
-    """Load one adapter onto `model`, check every one of its tensors found a place, and merge it in."""
-    from peft import PeftModel
-    from peft.utils import get_peft_model_state_dict
-
-    file_keys = _adapter_tensor_shapes(adapter)
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{adapter}: this adapter was trained on another base model "
-                             f"({_first_line(e)})") from None
-    loaded = get_peft_model_state_dict(peft_model)
-    missing = sorted(k for k in file_keys if k not in loaded)
-    wrong = sorted(k for k, shape in file_keys.items() if k in loaded and tuple(loaded[k].shape) != shape)
-    if missing or wrong:
-        bad = (missing or wrong)[0]
-        raise ModelLoadError(f"{adapter}: this adapter was trained on another base model: {len(missing)} of its "
-                             f"tensors have no place in the base and {len(wrong)} have another shape "
-                             f"(first: {bad})")
-    return peft_model.merge_and_unload()
-
-
-def _adapter_tensor_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
-    st = adapter / "adapter_model.safetensors"
-    if st.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(st), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    binf = adapter / "adapter_model.bin"
-    if binf.is_file():
-        import torch
-
-        return {k: tuple(v.shape) for k, v in torch.load(binf, map_location="cpu", weights_only=True).items()}
-    raise ModelLoadError(f"{adapter}: no adapter_model.safetensors or adapter_model.bin")
 
 
 def _recorded_base(adapter: Path) -> str:
@@ -151,8 +122,3 @@ def template_as_jinja(template_meta: Any, tokenizer: Any) -> str | None:
     if template is None:
         return None
     return install_chat_template(tokenizer, template)
-
-
-def _first_line(e: Exception) -> str:
-    lines = [x for x in str(e).splitlines() if x.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]

@@ -2,7 +2,7 @@
 
 Unknown keys are errors (with a "did you mean" hint), never silently ignored: a misspelt `lerning_rate` that
 fell back to the default would train a different model than the one the user asked for. Flags override YAML
-keys; nested LoRA keys are spelt `--lora-r 16` or `--lora.r 16`.
+keys (a stage's too); nested LoRA keys are spelt `--lora-r 16` or `--lora.r 16`.
 """
 
 from __future__ import annotations
@@ -81,6 +81,13 @@ class Hyper(BaseModel):
     save_steps: int = Field(100, ge=1)
     eval_steps: int | None = Field(None, ge=1)  # default: save_steps
     save_total_limit: int = Field(2, ge=1)
+
+    @field_validator("val_set_size")
+    @classmethod
+    def _count_or_fraction(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError("a count of rows is a whole number; a fraction of the rows is below 1")
+        return v
 
     @field_validator("data", "val_data", mode="before")
     @classmethod
@@ -188,6 +195,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             if not isinstance(cur, dict):
                 raise ConfigError(f"{source}: {part!r} is not a mapping, cannot set {key!r}")
         cur[parts[-1]] = value
+        # a flag is the last word: it also replaces the key in every stage that sets it (a recipe's per-stage
+        # val_set_size or learning_rate would otherwise win over --val-set-size / --learning-rate); each stage
+        # keeps its own data
+        for stage in data.get("stages") or []:
+            if isinstance(stage, dict) and key in Hyper.model_fields and key not in ("data", "val_data"):
+                stage.pop(key, None)
     if overrides:
         source = f"{path} + flags" if path else "flags"
     return parse_config(data, source)

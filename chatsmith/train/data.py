@@ -142,13 +142,14 @@ def _prompt_length(labels: list[int], train_on_inputs: bool, template: Template,
     return next((i for i, x in enumerate(masked) if x != IGNORE_INDEX), len(masked))
 
 
-def split_validation(rows: list, val_set_size: float, seed: int) -> tuple[list, list]:
+def split_validation(rows: list, val_set_size: float, seed: int, where: str = "") -> tuple[list, list]:
     """Hold out a fraction (< 1) or a count (>= 1) of rows, chosen by a seeded shuffle."""
     if not val_set_size or not rows:
         return rows, []
     n = int(val_set_size) if val_set_size >= 1 else max(1, round(len(rows) * val_set_size))
     if n >= len(rows):
-        raise DataError(f"val_set_size {val_set_size} leaves no training rows (only {len(rows)} rows)")
+        raise DataError(f"{where + ': ' if where else ''}val_set_size {val_set_size:g} leaves no training rows "
+                        f"(only {len(rows)} rows)")
     idx = list(range(len(rows)))
     random.Random(seed).shuffle(idx)
     held = set(idx[:n])

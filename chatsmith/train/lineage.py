@@ -46,11 +46,32 @@ def data_entries(files: list[Path]) -> list[dict[str, Any]]:
     return [{"path": str(f), "sha256": file_sha256(f), "bytes": f.stat().st_size} for f in files]
 
 
-def base_lineage(*, model: str, model_path: Path, template: dict, config: dict) -> dict[str, Any]:
+def hot_start(meta: dict[str, Any], adapters: list[Path]) -> dict[str, Any] | None:
+    """Where the starting weights came from beyond the base: the adapters merged into it (`chatsmith merge`,
+    recorded in its chatsmith.json) and the adapter(s) training continues; each with its weights' sha256."""
+    out: dict[str, Any] = {}
+    merged = meta.get("merged_from")
+    if isinstance(merged, dict):
+        out["merged"] = {"base": merged.get("base"),
+                         "adapters": [_adapter_entry(Path(a)) for a in merged.get("adapters", [])]}
+        if meta.get("vocab_extended"):
+            out["merged"]["vocab_extended"] = meta["vocab_extended"]
+    if adapters:
+        out["continued"] = [_adapter_entry(a) for a in adapters]
+    return out or None
+
+
+def _adapter_entry(path: Path) -> dict[str, Any]:
+    return {"path": str(path), "sha256": model_hash(path)}
+
+
+def base_lineage(*, model: str, model_path: Path, template: dict, config: dict,
+                 hot_start: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "base_model": model,
         "base_model_path": str(model_path),
         "base_model_sha256": model_hash(model_path),
+        "hot_start": hot_start,
         "template": template,
         "config": config,
         "stages": [],

@@ -128,10 +128,13 @@ def load_base(path: Path, cfg: TrainConfig, dtype: torch.dtype):
 def attach_lora(model: Any, cfg: TrainConfig, previous_adapter: Path | None = None):
     """A fresh LoRA, or the previous stage's adapter continued (is_trainable=True). Trainable LoRA weights are
     kept in fp32 whatever the base dtype: optimizer updates of 1e-4 vanish in bf16."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     if previous_adapter is not None:
-        model = PeftModel.from_pretrained(model, str(previous_adapter), is_trainable=True)
+        from chatsmith.adapters import load_adapter
+
+        # a hot start with an extended vocabulary resizes the embeddings here; its saved matrices train on
+        model = load_adapter(model, previous_adapter, trainable=True)
     else:
         targets = lora_targets(model, cfg)
         lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,

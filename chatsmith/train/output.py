@@ -33,7 +33,9 @@ def save_output(out: Path, model: Any, tokenizer: Any, template: Template, *, me
             (out / "README.md").unlink(missing_ok=True)
             _set_adapter_base(out, base_model)
         elif method in ("lora", "qlora"):
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            # embeddings only where they train (modules_to_save, a hot start's extended vocabulary): peft's "auto"
+            # would also save a frozen copy of both whole matrices into every stage's adapter
+            model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             _set_adapter_base(tmp, base_model)
             (tmp / "README.md").unlink(missing_ok=True)       # peft's empty model card
         else:

@@ -93,6 +93,10 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
     check_method(cfg)
     if not ref.adapters:
         check_targets(Path(ref.path), cfg)
+    else:
+        from chatsmith.adapters import check_fits
+
+        check_fits(ref.path, ref.adapters)          # a hot start that does not fit fails before data is read
     for sname, start, scfg in stage_cfgs:
         files = data_files(scfg.data, "train")
         if not files:
@@ -100,9 +104,9 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         val_files = data_files(scfg.val_data, "train") if scfg.val_data else data_files(scfg.data, "val")
         read_drops: dict[str, int] = {}
         rows = [r for f in files for r in read_file(f, read_drops)]
-        val_rows = [r for f in val_files for r in read_file(f, read_drops)]
-        if not val_rows and scfg.val_set_size:
-            rows, val_rows = split_validation(rows, scfg.val_set_size, scfg.seed)
+        val_files, val_rows, val_source = _validation(sname, scfg, files, val_files, read_drops)
+        if scfg.val_set_size:
+            rows, val_rows = split_validation(rows, scfg.val_set_size, scfg.seed, where=f"stage {sname}")
         kw = {"max_length": scfg.max_length, "train_on_inputs": scfg.train_on_inputs}
         train = tokenize(rows, template, tokenizer, **kw)
         val = tokenize(val_rows, template, tokenizer, **kw) if val_rows else None
@@ -116,8 +120,29 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         plan.stages.append(StagePlan(sname, start, scfg, files, val_files, train, val))
         drop = "; ".join(f"{n} {why}" for why, n in train.dropped.items())
         say(f"chatsmith: stage {sname}: {len(train.examples)} training rows, {train.n_tokens:,} tokens"
-            + (f", {len(val.examples)} validation rows" if val else "") + (f" (dropped: {drop})" if drop else ""))
+            + (f", {len(val.examples)} validation rows ({val_source})" if val else "")
+            + (f" (dropped: {drop})" if drop else ""))
     return plan
+
+
+def _validation(sname: str, cfg: TrainConfig, files: list[Path], val_files: list[Path],
+                drops: dict[str, int]) -> tuple[list[Path], list, str]:
+    """(validation files, their rows, where they come from). `val_set_size` always applies: it splits the
+    training rows even when the prepared folder holds a val.jsonl, and the run says so; set beside an explicit
+    `val_data` it is a contradiction and an error. A folder's val.jsonl is used when val_set_size is 0."""
+    size = cfg.val_set_size
+    if size and cfg.val_data:
+        raise ConfigError(f"stage {sname}: both val_data ({', '.join(map(str, val_files)) or cfg.val_data}) and "
+                          f"val_set_size ({size:g}) set the validation rows; keep one")
+    if size:
+        n = sum(1 for f in val_files for _ in read_file(f, {}))
+        if n:
+            say(f"chatsmith: stage {sname}: validation: val_set_size {size:g} splits {', '.join(map(str, files))}; "
+                f"{', '.join(map(str, val_files))} ({n} rows) is not used (val_set_size: 0 uses it instead)")
+        return [], [], f"split off by val_set_size {size:g}"
+    if val_files:
+        return val_files, [r for f in val_files for r in read_file(f, drops)], ", ".join(f.name for f in val_files)
+    return [], [], ""
 
 
 def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | None = None) -> Path:
@@ -130,7 +155,8 @@ def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | N
     out = Path(cfg.output_dir).expanduser().resolve()
     multi = len(plan.stages) > 1
     lineage = lin.base_lineage(model=cfg.model, model_path=Path(plan.ref.path),
-                               template=template_to_meta(plan.template), config=cfg.model_dump(mode="json"))
+                               template=template_to_meta(plan.template), config=cfg.model_dump(mode="json"),
+                               hot_start=lin.hot_start(plan.ref.meta, plan.ref.adapters))
     base_path = Path(plan.ref.path)
     base_model = str(Path(cfg.model).expanduser().resolve()) if Path(cfg.model).expanduser().exists() else cfg.model
     prev_adapter: Path | None = plan.ref.adapters[-1] if plan.ref.adapters else None
@@ -152,7 +178,7 @@ def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | N
                 prev_adapter = prev.dir
         from chatsmith.models import META_FILE
 
-        if multi and cfg.resume and _stage_complete(st.dir):
+        if multi and cfg.resume and _stage_complete(st.dir, cfg.keep_checkpoints):
             say(f"chatsmith: stage {st.name} is already complete in {st.dir}; continuing with the next stage")
             lineage["stages"].append(json.loads((st.dir / META_FILE).read_text())["lineage"]["stages"][-1])
             continue
@@ -177,10 +203,11 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _stage_complete(path: Path) -> bool:
+def _stage_complete(path: Path, keep_checkpoints: bool = False) -> bool:
+    """chatsmith.json is written last; checkpoints left without keep_checkpoints mean the stage was cut short."""
     from chatsmith.models import META_FILE
 
-    return (path / META_FILE).is_file() and not (path / "checkpoints").exists()
+    return (path / META_FILE).is_file() and (keep_checkpoints or not (path / "checkpoints").exists())
 
 
 def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str, prev_adapter: Path | None,
@@ -284,14 +311,15 @@ def _data_entry(f: Path) -> dict:
 def merge_stage(base_path: Path, adapter: Path, out: Path) -> Path:
     """The previous stage's adapter merged into its base, saved as safetensors (the next stage's base)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chatsmith.adapters import merge_adapter
 
     if (out / "config.json").is_file() and (out / ".complete").is_file():
         return out
     if _is_main():
         model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = merge_adapter(model, adapter)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
