@@ -36,7 +36,9 @@ def configure_chat(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2", help="smollm2 (default), a model dir, a .gguf file or a hub id")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="LoRA adapter dir (repeatable)")
     p.add_argument("--template", default=None,
-                   help="prompt template (default: stored with the model, else the tokenizer's, else vicuna_v1.1)")
+                   help="prompt template (default: stored with the model, else the tokenizer's, else the one for "
+                        "the model's name: airoboros, stablelm-tuned-alpha, vicuna, ... (see models.NAME_TEMPLATES), "
+                        "else vicuna_v1.1)")
     p.add_argument("--system", default=None, help="system prompt (default: the template's)")
     p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     p.add_argument("--top-p", type=float, default=1.0)
