@@ -120,6 +120,11 @@ def test_hub_dataset_saved_to_disk_is_read_through_datasets(tmp_path, cli):
     rows = list(rows)
     assert fmt.name == "hh_prompt" and [n for n, _ in rows] == [1, 2]
     assert rows[0][1].messages[-1].content == "K2, at 8,611 m, on the border of Pakistan and China."
+    spec = parse_input(f"hf:{saved}~2")          # a seeded sample of the train split, rows keep their numbers
+    _, sampled = read_source(spec)
+    sampled = list(sampled)
+    assert len(sampled) == 2 and spec.available == 4 and all(1 <= n <= 4 for n, _ in sampled)
+    assert [n for n, _ in sampled] == sorted(n for n, _ in sampled)
     # the CLI, offline, from the folder the id names (relative to the working directory)
     env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     r = cli("data", "prepare", "-i", "hf:Dahoas/full-hh-rlhf", "--val-size", "0", "-o", "out", env=env,

@@ -109,7 +109,7 @@ def read_source(spec: SourceSpec) -> tuple[Format, Iterator[tuple[int, Conversat
 
 def open_source(spec: SourceSpec) -> tuple[Format, Iterator[tuple[int, Any]]]:
     """The source's format and its raw rows (dict or RowProblem); prepare converts them in its own loop.
-    With a sample, only the sampled rows come out (see `source_size` for how many the source has)."""
+    With a sample, only the sampled rows come out (spec.available then says how many the source has)."""
     if spec.hub:
         from chatsmith.data.hub import hub_rows, load_hub
 
