@@ -1,11 +1,13 @@
 """`chatsmith chat`: FastChat-style terminal chat over an Engine.
 
 Interactive (stdin is a terminal): type a prompt after `USER:`; the answer streams after `ASSISTANT:`.
-  * several lines: end a line with a backslash `\\` to continue on the next line, or start with --multiline,
-    where every prompt ends with an empty line;
+  * several lines: end a line with a backslash `\\` to continue on the next line, or start with --multiline
+    (FastChat's multiline mode): a prompt is every line, blank ones included, up to Ctrl-D on an empty line or a
+    line holding only the end marker (--end-marker, default `!!end`); Ctrl-D with nothing typed quits;
   * `!!reset` starts a new conversation, `!!exit` (or Ctrl-D) quits, Ctrl-C stops the answer being written.
-Piped (stdin is not a terminal): every line is one prompt (with --multiline, blocks separated by an empty line
-are); only the answers go to stdout, one per prompt, each ending with a newline. Notes go to stderr.
+Piped (stdin is not a terminal): every line is one prompt; with --multiline the whole input is one prompt (a
+document with blank lines stays whole), or each part up to a line holding only the end marker is; only the
+answers go to stdout, one per prompt, each ending with a newline. Notes go to stderr.
 
 A conversation that outgrows the model's context drops its oldest turns (said on stderr); a single prompt too
 long for the context is refused with a message and the chat goes on.
@@ -23,16 +25,20 @@ from chatsmith.engine.base import Engine, SamplingParams
 from chatsmith.errors import ChatsmithError, ContextLengthError
 
 RESET, EXIT = "!!reset", "!!exit"
+END_MARKER = "!!end"   # --multiline: a line holding only this ends a prompt (as Ctrl-D / end of input does)
 
 
 def configure_chat(p: argparse.ArgumentParser) -> None:
-    p.epilog = ("Multi-line input: end a line with '\\' to continue it, or use --multiline (an empty line sends). "
-                "Commands: !!reset (new conversation), !!exit. Piped stdin: one prompt per line "
-                "(per blank-line-separated block with --multiline); only answers are printed.")
+    p.epilog = ("Multi-line input: end a line with '\\' to continue it, or use --multiline (Ctrl-D on an empty line or "
+                f"a line holding only the end marker, {END_MARKER} by default, sends; blank lines stay in the prompt). "
+                "Commands: !!reset (new conversation), !!exit. Piped stdin: one prompt per line (with --multiline: "
+                "all of it, or each part ending with an end-marker line); only answers are printed.")
     p.add_argument("--model", default="smollm2", help="smollm2 (default), a model dir, a .gguf file or a hub id")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="LoRA adapter dir (repeatable)")
     p.add_argument("--template", default=None,
-                   help="prompt template (default: stored with the model, else the tokenizer's, else vicuna_v1.1)")
+                   help="prompt template (default: stored with the model, else the tokenizer's, else the one for "
+                        "the model's name: airoboros, stablelm-tuned-alpha, vicuna, ... (see models.NAME_TEMPLATES), "
+                        "else vicuna_v1.1)")
     p.add_argument("--system", default=None, help="system prompt (default: the template's)")
     p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -41,7 +47,10 @@ def configure_chat(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--no-history", action="store_true", help="answer every prompt on its own")
-    p.add_argument("--multiline", action="store_true", help="a prompt ends with an empty line")
+    p.add_argument("--multiline", action="store_true",
+                   help="a prompt runs to Ctrl-D / end of input, or to a line holding only the end marker")
+    p.add_argument("--end-marker", default=END_MARKER, metavar="TEXT",
+                   help=f"with --multiline: a line holding only TEXT ends the prompt (default {END_MARKER})")
     p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU/GPU is fast at it), bf16, fp16, fp32")
     p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (int8 dynamic quantization on CPU)")
     p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
@@ -101,7 +110,11 @@ def run_chat(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, args.adapter or None, args.template, backend=args.backend, **kwargs)
     session = ChatSession(engine, params, system=args.system, history=not args.no_history)
     interactive = sys.stdin.isatty()
-    prompts = read_interactive(args.multiline) if interactive else read_piped(sys.stdin, args.multiline)
+    marker = args.end_marker.strip()
+    if args.multiline and not marker:
+        raise ChatsmithError("--end-marker must not be empty or blank (an empty line belongs to the prompt)")
+    prompts = read_interactive(args.multiline, marker) if interactive else read_piped(sys.stdin, args.multiline,
+                                                                                      marker)
     try:
         for prompt in prompts:
             command = prompt.strip()
@@ -153,8 +166,9 @@ def answer_one(session: ChatSession, prompt: str, interactive: bool, out: IO[str
     return answer
 
 
-def read_piped(stream: IO[str], multiline: bool) -> Iterator[str]:
-    """One prompt per non-empty line; with multiline, one per block of lines separated by empty lines."""
+def read_piped(stream: IO[str], multiline: bool, end_marker: str = END_MARKER) -> Iterator[str]:
+    """One prompt per non-empty line; with multiline, everything up to a line holding only `end_marker` (or the
+    end of input) is one prompt, blank lines included (leading and trailing blank lines are trimmed)."""
     block: list[str] = []
     for line in stream:
         line = line.rstrip("\r\n")
@@ -162,22 +176,37 @@ def read_piped(stream: IO[str], multiline: bool) -> Iterator[str]:
             if line.strip():
                 yield line
             continue
-        if line.strip():
-            block.append(line)
-        elif block:
-            yield "\n".join(block)
+        if line.strip() == end_marker:
+            text = _join(block)
+            if text:
+                yield text
             block = []
+        else:
+            block.append(line)
     if block:
-        yield "\n".join(block)
+        text = _join(block)
+        if text:
+            yield text
 
 
-def read_interactive(multiline: bool) -> Iterator[str]:
-    """Prompts typed at a terminal: a trailing backslash continues a line; with multiline an empty line sends."""
+def _join(lines: list[str]) -> str:
+    """The prompt's lines without blank lines at either end (a pasted document often ends with one)."""
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return "\n".join(lines)
+
+
+def read_interactive(multiline: bool, end_marker: str = END_MARKER) -> Iterator[str]:
+    """Prompts typed at a terminal: a trailing backslash continues a line; with multiline (FastChat's mode) a
+    prompt runs until Ctrl-D on an empty line or a line holding only the end marker, blank lines included."""
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
-    hint = "an empty line sends" if multiline else "end a line with \\ to continue it"
+    hint = (f"Ctrl-D on an empty line or a line with only {end_marker} sends" if multiline
+            else "end a line with \\ to continue it")
     print(f"(chat: {hint}; {RESET} starts over, {EXIT} quits)", flush=True)
     while True:
         lines: list[str] = []
@@ -189,10 +218,8 @@ def read_interactive(multiline: bool) -> Iterator[str]:
                     lines = [line.strip()]
                     break
                 if multiline:
-                    if not line.strip():
-                        if lines:
-                            break
-                        continue
+                    if line.strip() == end_marker:
+                        break
                     lines.append(line)
                 elif line.endswith("\\"):
                     lines.append(line[:-1])
@@ -200,11 +227,20 @@ def read_interactive(multiline: bool) -> Iterator[str]:
                     lines.append(line)
                     break
                 label = "...   "
-        except (EOFError, KeyboardInterrupt):
+        except KeyboardInterrupt:
             print(flush=True)
             if lines:
                 yield "\n".join(lines)
             return
-        text = "\n".join(lines)
+        except EOFError:
+            print(flush=True)
+            if not multiline:
+                if lines:
+                    yield "\n".join(lines)
+                return
+            if not _join(lines):
+                return              # Ctrl-D with nothing typed: quit
+            # multiline: Ctrl-D sends what was typed, and the chat goes on (a terminal's EOF is not sticky)
+        text = _join(lines) if multiline else "\n".join(lines)
         if text.strip():
             yield text

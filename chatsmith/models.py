@@ -292,3 +292,88 @@ def _hub_message(model: str, e: Exception) -> str:
             or "resolve" in str(e).lower():
         return f"{model}: not a local path, and the hub cannot be reached (offline?)"
     return f"{model}: cannot load ({str(e).splitlines()[0][:200]})"
+
+
+# ---- the prompt template of a model ----------------------------------------------------------------------------
+# Released models that carry neither chatsmith.json nor a chat_template in their tokenizer (airoboros and
+# stablelm-tuned-alpha weights, for instance) still have one right prompt format: the one their model card
+# prescribes. It is found from the model's name (its folder or hub id, then config.json's `_name_or_path`), in this
+# order; the first pattern that matches wins. A template not registered in this version is passed over.
+NAME_TEMPLATES: list[tuple[str, str]] = [
+    (r"airoboros-\d+b-gpt4$", "airoboros_v1"),   # the older airoboros-13b-gpt4 card's system prompt
+    (r"airoboros", "airoboros"),                  # airoboros-*-gpt4-1.x: the 1.4 card's system prompt
+    (r"stablelm-tuned-alpha", "stablelm"),        # <|SYSTEM|>...<|USER|>...<|ASSISTANT|>
+    (r"vicuna", "vicuna_v1.1"),
+    (r"llama-2-\d+b-chat", "llama2"),
+    (r"alpaca", "alpaca"),
+]
+FALLBACK_TEMPLATE = "vicuna_v1.1"
+
+
+def model_names(tokenizer: Any, model: str | os.PathLike | None = None) -> list[str]:
+    """The names a model goes by, last path component first: its folder or hub id, and config.json's
+    `_name_or_path` (what save_pretrained recorded it was loaded from)."""
+    raw = [str(model)] if model else []
+    path = getattr(tokenizer, "name_or_path", "") or ""
+    if path:
+        raw.append(str(path))
+    for r in list(raw):
+        cfg = Path(r).expanduser() / "config.json"
+        if cfg.is_file():
+            try:
+                recorded = json.loads(cfg.read_text(encoding="utf-8")).get("_name_or_path")
+            except (OSError, ValueError):
+                recorded = None
+            if isinstance(recorded, str) and recorded:
+                raw.append(recorded)
+    names: list[str] = []
+    for r in raw:
+        base = Path(r.rstrip("/\\")).name
+        for n in (base, r):
+            if n and n not in names:
+                names.append(n)
+    return names
+
+
+def template_for_names(names: list[str]) -> tuple[str, str] | None:
+    """(template name, the model name it matched) from NAME_TEMPLATES, or None."""
+    import re
+
+    from chatsmith.templates import template_names
+
+    known = set(template_names())
+    for pattern, template in NAME_TEMPLATES:
+        if template not in known:
+            continue
+        for n in names:
+            if re.search(pattern, n, re.IGNORECASE):
+                return template, n
+    return None
+
+
+def pick_template(name: str | None, meta: dict[str, Any], tokenizer: Any, model: str | os.PathLike | None = None):
+    """--template if given, else the template stored with the model (chatsmith.json), else the tokenizer's own
+    chat_template, else the one NAME_TEMPLATES gives for the model's name, else vicuna_v1.1. The last two are
+    guesses, so they are said on stderr."""
+    import sys
+
+    from chatsmith.templates import get_template
+    from chatsmith.templates.spec import template_from_meta
+
+    if name:
+        return get_template(name, tokenizer)
+    stored = template_from_meta(meta)
+    if stored is not None:
+        return stored
+    if getattr(tokenizer, "chat_template", None):
+        return get_template("hf", tokenizer)
+    names = model_names(tokenizer, model)
+    who = names[0] if names else "the model"
+    hit = template_for_names(names)
+    if hit is not None:
+        print(f"chatsmith: {who} has no chatsmith.json and no chat_template; using template {hit[0]!r}, the one "
+              f"for models named like {hit[1]!r} (--template overrides)", file=sys.stderr, flush=True)
+        return get_template(hit[0])
+    print(f"chatsmith: {who} has no chatsmith.json, no chat_template and no known name; using template "
+          f"{FALLBACK_TEMPLATE!r} (--template overrides)", file=sys.stderr, flush=True)
+    return get_template(FALLBACK_TEMPLATE)

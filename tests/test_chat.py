@@ -91,11 +91,78 @@ def test_pty_session_multiline_reset_exit(tiny_llama, engine):
         os.close(master)
 
 
-def test_piped_multiline_blocks_are_one_prompt_each():
-    text = "first line\nsecond line\n\n\nanother\n\nlast\nblock"
-    assert list(read_piped(io.StringIO(text), multiline=True)) == ["first line\nsecond line", "another",
-                                                                   "last\nblock"]
+def test_piped_multiline_is_one_prompt_up_to_the_end_marker():
+    doc = "BEGININPUT\nFirst paragraph.\n\nSecond paragraph.\nENDINPUT\n"
+    assert list(read_piped(io.StringIO(doc + "\n"), multiline=True)) == [doc.rstrip("\n")]   # blank line kept
+    text = "first line\n\nsecond line\n!!end\n\nanother\n  !!end  \n!!end\nlast\n\nblock\n\n"
+    assert list(read_piped(io.StringIO(text), multiline=True)) == ["first line\n\nsecond line", "another",
+                                                                   "last\n\nblock"]
+    assert list(read_piped(io.StringIO("a\n\nEND\nb\n"), multiline=True, end_marker="END")) == ["a", "b"]
     assert list(read_piped(io.StringIO("a\n\nb\n"), multiline=False)) == ["a", "b"]
+
+
+@pytest.mark.slow   # a subprocess loading torch: ~20 s on the shared 2 cores
+def test_piped_document_with_blank_lines_gets_one_answer(cli, tiny_llama, engine):
+    doc = "BEGININPUT\nBlueberries are now green.\n\nThey used to be blue.\nENDINPUT\n"
+    r = cli(*_chat_args(tiny_llama), "--multiline", input=doc, env=ONE_THREAD, timeout=300)
+    assert r.returncode == 0, r.stderr
+    expected = engine.generate([Conversation.single(doc.rstrip("\n"))], GREEDY)[0].text
+    assert r.stdout == expected + "\n"
+    r = cli(*_chat_args(tiny_llama), "--multiline", "--end-marker", " ", input=doc, env=ONE_THREAD, timeout=300)
+    assert r.returncode == 2 and "--end-marker must not be empty" in r.stderr
+
+
+@pytest.mark.slow   # a subprocess loading torch: ~20 s on the shared 2 cores
+def test_pty_multiline_ctrl_d_and_end_marker(tiny_llama, engine):
+    """FastChat's multiline mode at a terminal: blank lines stay in the prompt; Ctrl-D on an empty line or a line
+    holding only the end marker sends it; Ctrl-D with nothing typed quits."""
+    master, slave = os.openpty()
+    env = {**os.environ, **ONE_THREAD}
+    proc = subprocess.Popen([sys.executable, "-m", "chatsmith", *_chat_args(tiny_llama), "--multiline",
+                             "--no-history", "--end-marker", "SEND"], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, close_fds=True)
+    os.close(slave)
+    buf = bytearray()
+
+    def read_until(marker: str, timeout: float = 180) -> str:
+        deadline = time.time() + timeout
+        while marker.encode() not in buf:
+            if time.time() > deadline or proc.poll() is not None:
+                raise AssertionError(f"no {marker!r} in {bytes(buf)!r}")
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    buf.extend(os.read(master, 4096))
+                except OSError:
+                    pass
+        text = buf.decode("utf-8", "replace").replace("\r\n", "\n")
+        del buf[: buf.index(marker.encode()) + len(marker)]
+        return text
+
+    try:
+        read_until("USER: ")
+        os.write(master, b"first paragraph\n")
+        read_until("...   ")
+        os.write(master, b"\n")                      # a blank line does not send
+        read_until("...   ")
+        os.write(master, b"second paragraph\n")
+        read_until("...   ")
+        os.write(master, b"\x04")                    # Ctrl-D on an empty line sends
+        read_until("ASSISTANT: ")
+        shown = read_until("USER: ")
+        expected = engine.generate([Conversation.single("first paragraph\n\nsecond paragraph")], GREEDY)[0].text
+        assert shown.startswith(expected + "\n")
+        os.write(master, b"hello\n")
+        read_until("...   ")
+        os.write(master, b"SEND\n")                  # the end marker sends too, and the chat goes on
+        read_until("ASSISTANT: ")
+        shown = read_until("USER: ")
+        assert shown.startswith(engine.generate([Conversation.single("hello")], GREEDY)[0].text + "\n")
+        os.write(master, b"\x04")                    # Ctrl-D with nothing typed quits
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
 
 
 def test_long_conversation_drops_oldest_turns_and_too_long_prompt_is_refused(engine, capsys):

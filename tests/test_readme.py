@@ -239,12 +239,21 @@ def _airoboros(d: Path) -> None:
     assert (d / "data/airoboros/train.jsonl").is_file() and (d / "runs/airoboros-smollm2/model.safetensors").is_file()
     assert json.loads((d / "runs/airoboros-smollm2/chatsmith.json").read_text())["template"]["name"] == "airoboros"
     assert (d / "reply.txt").read_text(encoding="utf-8").strip(), "the closed-context chat printed no answer"
+    assert "\n\n" in (d / "blueberries.txt").read_text(encoding="utf-8"), "the document should have two paragraphs"
 
 
 def _stablelm(d: Path) -> None:
     report = json.loads((d / "data/stablelm-sft/report.json").read_text())
     assert len(report["sources"]) == 5, report["sources"]
+    formats = {s["name"]: (s["format"], s["dropped"]) for s in report["sources"]}
+    assert formats["full-hh-rlhf.jsonl"] == ("hh_prompt", {})                 # the Dahoas rows, detected
+    assert formats["sharegpt.json"] == ("sharegpt", {"wrong_language": 2})    # --language en
     assert (d / "runs/stablelm-smollm2/model.safetensors").is_file()
+    answers = (d / "stablelm-chat.txt").read_text(encoding="utf-8").splitlines()
+    assert len(answers) == 2 and all(a.strip() for a in answers), answers
+    assert not [a for a in answers if any(m in a for m in ("<|USER|>", "<|ASSISTANT|>", "<|endoftext|>", "<|im_end|>"))]
+    [row] = [json.loads(line) for line in (d / "stablelm-answers.jsonl").read_text().splitlines()]
+    assert row["finish_reason"] == "stop", row
 
 
 def _dreamer(d: Path) -> None:

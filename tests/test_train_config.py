@@ -63,9 +63,14 @@ def test_recipes_validate():
     assert (st.global_batch_size, st.learning_rate, st.warmup_steps, st.weight_decay) == (128, 2e-5, 100, 0.01)
     assert (st.adam_beta1, st.adam_beta2, st.precision, st.optimizer, st.method) == (0.9, 0.99, "fp16", "adamw_torch",
                                                                                      "full")
-    assert st.template == "stablelm" and len(st.data) == 5
-    ab = load_config(RECIPES / "airoboros-13b-gpt4.yaml")
-    assert ab.method == "full" and ab.template == "airoboros" and ab.max_length == 2048
+    assert st.template == "stablelm" and st.data == "data/stablelm-sft"   # the folder `data prepare` writes
+    st3 = load_config(RECIPES / "stablelm-tuned-alpha-3b.yaml")              # the card's 3B row
+    assert (st3.global_batch_size, st3.learning_rate, st3.warmup_steps, st3.model) == (
+        256, 2e-5, 50, "stabilityai/stablelm-base-alpha-3b")
+    ab = load_config(RECIPES / "airoboros-13b-gpt4.yaml")                    # the older card: 4096, own prompt
+    assert ab.method == "full" and ab.template == "airoboros_v1" and ab.max_length == 4096
+    ab14 = load_config(RECIPES / "airoboros-13b-gpt4-1.4.yaml")
+    assert ab14.method == "full" and ab14.template == "airoboros" and ab14.max_length == 2048
     dr = load_config(RECIPES / "dreamer-13b-lora-hotstart.yaml")
     assert [s[0] for s in dr.stage_configs()] == ["f1", "f2", "f3"]
     assert all(start == "adapter" for _, start, _ in dr.stage_configs()) and dr.method == "lora"

@@ -1,7 +1,8 @@
 """One reader per data-set format: a raw row (dict) -> `Conversation`, or a `RowProblem` saying why not.
 
 Formats (the seeds' data sets): alpaca, sharegpt (vicuna), openai (messages), airoboros, dolly, hh (Anthropic
-HH, the `chosen` transcript), gpt4all, firefly, belle (multi-turn "Human:"/"Assistant:" text), psyqa.
+HH, the `chosen` transcript), hh_prompt (Dahoas/full-hh-rlhf: the transcript in `prompt`, the reply in `chosen`),
+gpt4all, firefly, belle (multi-turn "Human:"/"Assistant:" text), psyqa.
 `detect(row)` picks a format from a row's fields; readers never strip or re-encode content, so non-ASCII text
 passes through byte-exact (only the transcript formats, hh and belle, strip the whitespace around turns).
 """
@@ -198,6 +199,24 @@ def read_hh(row: Row) -> Conversation:
     return _from_pairs(pairs, row, system=None, where="chosen")
 
 
+def read_hh_prompt(row: Row) -> Conversation:
+    """Dahoas/full-hh-rlhf (and rm-hh-rlhf): {prompt: "\\n\\nHuman: ... \\n\\nAssistant: ... \\n\\nHuman: ...
+    \\n\\nAssistant:", response, chosen, rejected}. `prompt` holds every earlier turn and ends with an empty
+    "Assistant:"; `chosen` is only the final (preferred) reply, which fills that last turn."""
+    text, final = _text(row, "prompt"), _text(row, "chosen")
+    if not text.startswith("\n\n"):
+        text = "\n\n" + text
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise RowProblem("wrong_role_order", "field 'prompt': text before the first '\\n\\nHuman:' turn")
+    pairs = [("user" if who == "Human" else "assistant", body.strip()) for who, body in zip(parts[1::2], parts[2::2])]
+    if not pairs or pairs[-1] != ("assistant", ""):
+        raise RowProblem("wrong_role_order", "field 'prompt' does not end with an empty '\\n\\nAssistant:' turn "
+                         "for the reply in 'chosen'")
+    pairs[-1] = ("assistant", final.strip())
+    return _from_pairs(pairs, row, system=None, where="prompt")
+
+
 def read_gpt4all(row: Row) -> Conversation:
     return _pair(_text(row, "prompt"), _text(row, "response"), row, category=_opt(row, "source"))
 
@@ -259,6 +278,8 @@ def _looks_belle(row: Row) -> bool:
 FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("sharegpt", "{conversations: [{from: human|gpt|system, value}]}", read_sharegpt, _has("conversations")),
     Format("openai", "{messages: [{role, content}]}", read_openai, _has("messages")),
+    Format("hh_prompt", "{prompt: '\\n\\nHuman: ... \\n\\nAssistant:', response, chosen, rejected} (Dahoas)",
+           read_hh_prompt, _has("prompt", "chosen", "rejected")),
     Format("hh", "{chosen, rejected}: '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts", read_hh, _has("chosen")),
     Format("firefly", "{kind, input, target}", read_firefly, _has("kind", "target")),
     Format("psyqa", "{question, description, answer}", read_psyqa,
@@ -272,7 +293,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
 ]}
 
 ALIASES = {"vicuna": "sharegpt", "messages": "openai", "chatml": "openai", "anthropic_hh": "hh",
-           "prompt_generations": "gpt4all", "chatsmith": "openai"}
+           "dahoas": "hh_prompt", "prompt_generations": "gpt4all", "chatsmith": "openai"}
 
 
 def get_format(name: str) -> Format:

@@ -22,10 +22,9 @@ POLICIES = ("drop", "truncate", "error")
 
 def load_template_and_tokenizer(template: str | Template | None, model: str | Any | None):
     """(Template, tokenizer) the way the engine picks them: --template, else the one stored with the model,
-    else the tokenizer's chat_template, else vicuna_v1.1. `model` may be a loaded tokenizer."""
+    else the tokenizer's chat_template, else the one for the model's name (models.NAME_TEMPLATES), else
+    vicuna_v1.1. `model` may be a loaded tokenizer."""
     from chatsmith import models
-    from chatsmith.templates import get_template
-    from chatsmith.templates.spec import template_from_meta
 
     meta: dict = {}
     if model is None or isinstance(model, str):
@@ -33,14 +32,7 @@ def load_template_and_tokenizer(template: str | Template | None, model: str | An
         tokenizer, meta = models.load_tokenizer(ref), ref.meta
     else:
         tokenizer = model
-    if template:
-        return get_template(template, tokenizer), tokenizer
-    stored = template_from_meta(meta)
-    if stored is not None:
-        return stored, tokenizer
-    if getattr(tokenizer, "chat_template", None):
-        return get_template("hf", tokenizer), tokenizer
-    return get_template("vicuna_v1.1"), tokenizer
+    return models.pick_template(template, meta, tokenizer), tokenizer
 
 
 def has_trainable(r: Rendered) -> bool:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from chatsmith.data.dedupe import MODES as DEDUPE_MODES, Deduper
-from chatsmith.data.files import position_unit
 from chatsmith.data.formats import ALIASES, FORMATS
 from chatsmith.data.io import _quote, atomic_open, dumps
 from chatsmith.data.lengths import POLICIES, fit, has_trainable, load_template_and_tokenizer
@@ -51,10 +50,11 @@ class TooManyDropped(ChatsmithError):
 def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.PathLike, *, format: str | None = None,
             template: Any = None, model: str | None = None, tokenizer: Any = None, max_length: int | None = None,
             val_size: float = 0.05, seed: int = 0, dedupe: str = "exact", max_drop_fraction: float | None = 0.5,
-            over_length: str = "drop") -> dict[str, Any]:
+            over_length: str = "drop", language: str | None = None) -> dict[str, Any]:
     """Write OUTPUT/train.jsonl, val.jsonl and report.json; return the report.
 
-    inputs: "FILE[:FORMAT][@WEIGHT]" strings or SourceSpecs. Token checks (max_length, no trainable token
+    inputs: "FILE[:FORMAT][@WEIGHT][~SAMPLE]" / "hf:OWNER/NAME[:SPLIT]..." strings or SourceSpecs (a sample is
+    drawn with `seed`). language: keep only conversations in these ISO 639-1 codes ("en", "en,fr"). Token checks (max_length, no trainable token
     left) run when a template, model, tokenizer or max_length is given; the template is picked as the engine
     picks it. Raises TooManyDropped (after writing report.json) when the dropped fraction passes the limit."""
     t0 = time.perf_counter()
@@ -64,6 +64,13 @@ def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.P
     if not specs:
         raise ChatsmithError("no --input given")
     _unique_names(specs)
+    for s in specs:
+        s.seed = seed
+    lang = None
+    if language:
+        from chatsmith.data.language import LanguageFilter
+
+        lang = LanguageFilter(language)
     if over_length not in POLICIES:
         raise ChatsmithError(f"--over-length must be one of {', '.join(POLICIES)}, got {over_length!r}")
     if max_length is not None and max_length < 2:
@@ -84,12 +91,14 @@ def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.P
         gc.disable()  # pass 1 makes millions of short-lived, acyclic objects: cycle collection only costs time
         try:
             with os.fdopen(fd, "wb", buffering=1 << 20) as spool:
-                stats, offsets, lengths, sources = _pass1(specs, spool, deduper, tpl, tok, max_length, over_length)
+                stats, offsets, lengths, sources = _pass1(specs, spool, deduper, tpl, tok, max_length, over_length,
+                                                          lang)
         finally:
             if gc_was_on:
                 gc.enable()
         report = _report_head(specs, out, stats, seed, dedupe, tpl, model, max_length, over_length, val_size,
                               max_drop_fraction)
+        report["language"] = language
         frac = report["totals"]["drop_fraction"]
         if max_drop_fraction is not None and frac > max_drop_fraction:
             report["ok"] = False
@@ -116,14 +125,14 @@ def _unique_names(specs: list[SourceSpec]) -> None:
     two files with the same name in different folders are told apart by their paths."""
     paths: set[Path] = set()
     for s in specs:
-        p = s.path.resolve()
+        p = Path(s.label) if s.hub else s.path.resolve()
         if p in paths:
-            raise ChatsmithError(f"{s.path} is given twice; give it once with a weight ({s.path}@2)")
+            raise ChatsmithError(f"{s.label} is given twice; give it once with a weight ({s.label}@2)")
         paths.add(p)
     names = [s.name for s in specs]
     for s in specs:
         if names.count(s.name) > 1:
-            s.name = str(s.path)
+            s.name = s.label
 
 
 def _check_val_size(val_size: float) -> None:
@@ -131,7 +140,7 @@ def _check_val_size(val_size: float) -> None:
         raise ChatsmithError(f"--val-size must be a row count (N >= 1) or a fraction in [0, 1), got {val_size:g}")
 
 
-def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length):
+def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length, lang=None):
     """Read, validate, dedupe and length-check every row; spool the kept ones. This loop is the hot path of a
     million-row prepare, hence the local names and the counters kept in locals."""
     stats: list[SourceStats] = []
@@ -142,11 +151,13 @@ def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length):
     for si, spec in enumerate(specs):
         fmt, rows = open_source(spec)
         read_row = fmt.read
-        st = SourceStats(spec.name, str(spec.path), fmt.name, spec.weight, unit=position_unit(spec.path))
+        st = SourceStats(spec.name, spec.label, fmt.name, spec.weight, unit=spec.unit, sample=spec.sample,
+                         available=spec.available)
         stats.append(st)
         n_read = n_kept = 0
         # plain alpaca rows skip the Conversation objects when nothing needs them (no template, exact dedupe)
-        fast = alpaca_fast_line if fmt.name == "alpaca" and tpl is None and deduper.mode != "near" else None
+        fast = alpaca_fast_line if fmt.name == "alpaca" and tpl is None and deduper.mode != "near" \
+            and lang is None else None
         quoted_source = _quote(spec.name)
         for n, row in rows:
             n_read += 1
@@ -170,6 +181,8 @@ def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length):
             try:
                 conv = read_row(row)
                 check_turns(conv)
+                if lang is not None:
+                    lang.check(conv)
             except RowProblem as p:
                 st.drop(p.reason, n, p.message)
                 continue
@@ -183,11 +196,11 @@ def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length):
                     conv, rendered, truncated = fit(conv, tpl, tok, max_length, over_length)
                 except RowProblem as p:
                     if p.reason == "over_length" and over_length == "error":
-                        raise ChatsmithError(f"{spec.path}:{n}: {p.message} (--over-length error)") from None
+                        raise ChatsmithError(f"{spec.label}:{n}: {p.message} (--over-length error)") from None
                     st.drop(p.reason, n, p.message)
                     continue
                 except ChatsmithError as e:
-                    raise ChatsmithError(f"{spec.path}:{n}: {e}") from None
+                    raise ChatsmithError(f"{spec.label}:{n}: {e}") from None
                 if not has_trainable(rendered):
                     st.drop("no_trainable_tokens", n, "the rendered row has no token to learn from")
                     continue
@@ -255,9 +268,12 @@ def _write_report(out: Path, report: dict[str, Any], t0: float) -> None:
 # ---- CLI ------------------------------------------------------------------------------------------------
 def configure_prepare(p: argparse.ArgumentParser) -> None:
     formats = ", ".join([*FORMATS, *ALIASES])
-    p.add_argument("--input", "-i", action="append", nargs="+", required=True, metavar="FILE[:FORMAT][@WEIGHT]",
-                   help="a data file (.jsonl/.json/.csv/.parquet, optionally .gz); FORMAT forces a reader, WEIGHT "
-                        "repeats its rows in the mix (2 = twice, 0.5 = half of them). Repeatable.")
+    p.add_argument("--input", "-i", action="append", nargs="+", required=True,
+                   metavar="FILE[:FORMAT][@WEIGHT][~SAMPLE]",
+                   help="a data file (.jsonl/.json/.csv/.parquet, optionally .gz), or hf:OWNER/NAME[:SPLIT] for a "
+                        "data set on the model hub (read with `datasets`; a save_to_disk folder works too); FORMAT "
+                        "forces a reader, WEIGHT repeats its rows in the mix (2 = twice, 0.5 = half of them), "
+                        "SAMPLE reads only a seeded random subset: N rows (~5000) or a fraction (~0.1). Repeatable.")
     p.add_argument("--output", "-o", required=True, help="output folder: train.jsonl, val.jsonl, report.json")
     p.add_argument("--format", help=f"reader for inputs without :FORMAT ({formats}); default: auto-detect")
     p.add_argument("--template", help="prompt template for the token checks (default: the model's)")
@@ -271,6 +287,9 @@ def configure_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-drop-fraction", type=float, default=0.5,
                    help="fail (exit 2, no train/val) when more than this fraction of rows is dropped")
     p.add_argument("--examples", type=int, default=3, help="example drops printed per source and reason")
+    p.add_argument("--language", metavar="CODE[,CODE]",
+                   help="keep only conversations in this language (ISO 639-1, e.g. en; identified by py3langid); "
+                        "the others are dropped as 'other language'")
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -278,7 +297,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     try:
         report = prepare(inputs, args.output, format=args.format, template=args.template, model=args.model,
                          max_length=args.max_length, val_size=args.val_size, seed=args.seed, dedupe=args.dedupe,
-                         max_drop_fraction=args.max_drop_fraction, over_length=args.over_length)
+                         max_drop_fraction=args.max_drop_fraction, over_length=args.over_length,
+                         language=args.language)
     except TooManyDropped as e:
         print(format_table(e.report, args.examples), file=sys.stderr)
         raise

@@ -11,6 +11,7 @@ REASONS: dict[str, str] = {
     "over_length": "over-length",
     "no_trainable_tokens": "no trainable token left",
     "duplicate": "duplicate",
+    "wrong_language": "other language",
 }
 
 

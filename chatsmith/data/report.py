@@ -30,6 +30,8 @@ class SourceStats:
     dropped: Counter = field(default_factory=Counter)
     lines: dict[str, list[int]] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    sample: float | None = None     # ~SAMPLE: only these rows were read ...
+    available: int | None = None    # ... of this many in the source
 
     def drop(self, reason: str, position: int, message: str) -> None:
         self.dropped[reason] += 1
@@ -49,7 +51,8 @@ class SourceStats:
                 "read": self.read, "kept": self.kept, "dropped_total": self.dropped_total,
                 "dropped": {r: self.dropped[r] for r in REASONS if self.dropped[r]},
                 "truncated": self.truncated, "val": self.val, "train": self.train,
-                "position_unit": self.unit, "dropped_at": self.lines, "examples": self.examples}
+                "position_unit": self.unit, "dropped_at": self.lines, "examples": self.examples,
+                "sample": self.sample, "available": self.available}
 
 
 def totals(stats: list[SourceStats]) -> dict[str, Any]:
@@ -90,6 +93,10 @@ def format_table(report: dict[str, Any], examples: int = 3) -> str:
     lines += [fmt_line(["-" * w for w in widths]), fmt_line(rows[-1])]
     t = report["totals"]
     lines.append(f"dropped {t['dropped_total']} of {t['read']} rows ({100 * t['drop_fraction']:.2f}%)")
+    for s in sources:
+        if s.get("sample") is not None:
+            lines.append(f"  {s['name']}: read a sample of {s['read']} of its {s['available']} rows "
+                         f"(~{s['sample']:g}, seed {report.get('seed', 0)})")
     if examples:
         for s in sources:
             for reason, msgs in s["examples"].items():

@@ -5,24 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatsmith.engine.base import Delta, Engine, GenerationResult, SamplingParams
-
-FALLBACK_TEMPLATE = "vicuna_v1.1"
-
-
-def pick_template(name: str | None, meta: dict[str, Any], tokenizer: Any):
-    """--template if given, else the template stored with the model (chatsmith.json), else the tokenizer's
-    own chat_template, else vicuna_v1.1."""
-    from chatsmith.templates import get_template
-    from chatsmith.templates.spec import template_from_meta
-
-    if name:
-        return get_template(name, tokenizer)
-    stored = template_from_meta(meta)
-    if stored is not None:
-        return stored
-    if getattr(tokenizer, "chat_template", None):
-        return get_template("hf", tokenizer)
-    return get_template(FALLBACK_TEMPLATE)
+from chatsmith.models import pick_template  # the one template choice (see models.py)
 
 
 def load_engine(model: str = "smollm2", adapters: list[str] | None = None, template: str | None = None,
