@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from chatsmith import models
 from chatsmith.errors import ChatsmithError
-from chatsmith.export.atomic import atomic_file, check_output
+from chatsmith.outputs import atomic_file, check_output
 
 TYPES = ("f32", "f16", "q8_0")
 ARCHS = {"llama": "LLAMA", "gpt_neox": "GPTNEOX"}
