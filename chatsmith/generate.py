@@ -139,6 +139,14 @@ def answers(scheduler: Any, prompts: list[list[int]], params: SamplingParams, wi
 
 def generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int = 16,
                   progress: bool = True, items: list[Item] | None = None) -> dict[str, Any]:
+    from chatsmith.outputs import output_lock
+
+    with output_lock(out, "generate output"):    # a second run would interleave rows into the same file
+        return _generate_file(engine, inp, out, params, batch_size, progress, items)
+
+
+def _generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int,
+                   progress: bool, items: list[Item] | None) -> dict[str, Any]:
     items = items if items is not None else read_items(inp)
     done = answered_ids(out)
     todo = [it for it in items if it.id not in done]

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -136,9 +137,9 @@ def lock_path(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(target: str | os.PathLike, what: str = "output") -> Iterator[None]:
+def output_lock(target: str | os.PathLike, what: str = "output", wait: bool = False) -> Iterator[None]:
     """Hold the advisory lock of `target` (a file or directory) while the block runs; OutputBusy (naming the
-    holder's pid) when another run holds it."""
+    holder's pid) when another run holds it, or with `wait` (a shared cache) wait for it, saying so once."""
     target = Path(target).expanduser().absolute()
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +149,13 @@ def output_lock(target: str | os.PathLike, what: str = "output") -> Iterator[Non
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise OutputBusy(f"{target}: the {what} is in use by another chatsmith run (pid {holder}); wait for it "
-                             f"to finish or stop it (lock: {path})") from None
+            if wait:
+                print(f"chatsmith: waiting for pid {holder}, which is writing {target}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                os.close(fd)
+                raise OutputBusy(f"{target}: the {what} is in use by another chatsmith run (pid {holder}); wait "
+                                 f"for it to finish or stop it (lock: {path})") from None
         # the holder before us removes the file as it lets go: lock the file that is there now, not that one
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino

@@ -171,6 +171,19 @@ def answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], o
              {model, adapters} / {endpoint}, or a loaded Engine.
     Returns {name: {"done": n, "new": n, "errors": n, "skipped": n}}.
     """
+    from chatsmith.outputs import output_lock
+
+    with output_lock(Path(output_dir), "answers directory"):   # two runs would interleave the answer files
+        return _answer_suite(systems, suite, output_dir, max_new_tokens=max_new_tokens, temperature=temperature,
+                             batch_size=batch_size, backend=backend, template=template, seed=seed, limit=limit,
+                             concurrency=concurrency, timeout=timeout, retries=retries, backoff=backoff, log=log,
+                             load_in_8bit=load_in_8bit)
+
+
+def _answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], output_dir: str | Path, *,
+                  max_new_tokens: int, temperature: float, batch_size: int, backend: str, template: str | None,
+                  seed: int | None, limit: int | None, concurrency: int, timeout: float, retries: int,
+                  backoff: float, log, load_in_8bit: bool) -> dict[str, dict[str, int]]:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(output_dir)
     items = load_suite(suite, limit=limit)
