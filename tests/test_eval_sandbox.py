@@ -27,6 +27,16 @@ def kind(request):
 
 
 def _alive_sandbox_processes() -> list[str]:
+    """Sandbox processes still running; a process killed a moment ago may take a moment to go under load."""
+    for _ in range(50):
+        left = _sandbox_processes()
+        if not left:
+            return left
+        time.sleep(0.1)
+    return left
+
+
+def _sandbox_processes() -> list[str]:
     left = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
