@@ -73,13 +73,10 @@ def to_system(name: str, spec: Any) -> SystemSpec:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from chatsmith.outputs import atomic_file
+
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_jsonl_lenient(path: Path) -> tuple[list[dict], int]:

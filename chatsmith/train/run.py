@@ -338,7 +338,7 @@ def _publish_final(last: Path, out: Path, stage_dirs: list[Path]) -> None:
         os.replace(out / "stages", tmp / "stages")
         try:
             publish_dir(tmp, out)
-        except OSError:
+        except BaseException:            # the stages stay where a resumed run finds them
             os.replace(tmp / "stages", out / "stages")
             raise
     finally:
