@@ -203,3 +203,9 @@ def test_a_full_fine_tune_replaces_a_lora_output_whole_and_a_second_run_is_refus
     with output_lock(out, "training output"):
         with pytest.raises(OutputBusy, match=rf"in use by another chatsmith run \(pid {os.getpid()}\)"):
             train(_cfg(tiny_model, data_dir, out, method="full", max_steps=1))
+    mine = tmp_path / "mine"                     # not a training output: replacing it would delete the user's files
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ChatsmithError, match=r"mine: holds files that are not a chatsmith training output"):
+        train(_cfg(tiny_model, data_dir, mine, method="full", max_steps=1))
+    assert (mine / "notes.txt").read_text() == "keep me"

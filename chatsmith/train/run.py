@@ -129,7 +129,23 @@ def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | N
     out = Path(cfg.output_dir).expanduser().resolve()
     # one run per output directory (rank 0 holds the lock for all ranks of a distributed run)
     with output_lock(out, "training output") if _is_main() else contextlib.nullcontext():
+        _check_replaceable(out)
         return _train(cfg, out, callbacks)
+
+
+def _check_replaceable(out: Path) -> None:
+    """The output is replaced as a whole when training ends: refuse a directory that is not a training output
+    (output_dir: runs would otherwise take every other run in runs/ with it)."""
+    from chatsmith.models import META_FILE
+    from chatsmith.train.output import METRICS_FILE
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out}: not a directory")
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if names and not names & {META_FILE, METRICS_FILE, "checkpoints", "stages"}:
+        raise ConfigError(f"output_dir {out}: holds files that are not a chatsmith training output "
+                          f"({', '.join(sorted(names)[:3])}); it is replaced as a whole when training ends, so give "
+                          "a new or empty directory")
 
 
 def _train(cfg: TrainConfig, out: Path, callbacks: list | None) -> Path:
