@@ -9,6 +9,11 @@ the rows already answered in --output.
 Rows go through the engine's Scheduler (continuous batching, --batch-size sequences at once) and are written in
 input order, one whole line each, flushed as it is done: a run killed midway loses at most the rows in flight,
 and a torn last line is repaired on resume.
+
+A row that failed (an engine error, cancelled, or a prompt too long for the context) is never written as an
+answer: it goes to OUTPUT's errors file (results.jsonl -> results.errors.jsonl: {"id", "where", "reason"}), which
+holds the failures of the latest run; it is counted in the summary, generated again on the next run, and makes
+the exit code 1.
 """
 
 from __future__ import annotations
@@ -102,6 +107,15 @@ def answered_ids(out: Path) -> set[str]:
     return done
 
 
+def errors_path(out: Path) -> Path:
+    """results.jsonl -> results.errors.jsonl: the rows of the latest run that failed."""
+    return out.with_name(f"{out.stem}.errors{out.suffix or '.jsonl'}")
+
+
+def failed(reason: str) -> bool:
+    return reason == "cancelled" or reason.startswith("error")
+
+
 # ---- generating ------------------------------------------------------------------------------------------
 def answers(scheduler: Any, prompts: list[list[int]], params: SamplingParams, window: int
             ) -> Iterator[tuple[int, str, str, int]]:
@@ -125,27 +139,55 @@ def answers(scheduler: Any, prompts: list[list[int]], params: SamplingParams, wi
 
 def generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int = 16,
                   progress: bool = True, items: list[Item] | None = None) -> dict[str, Any]:
-    from tqdm import tqdm
+    from chatsmith.outputs import output_lock
 
-    from chatsmith.engine.scheduler import Scheduler
+    with output_lock(out, "generate output"):    # a second run would interleave rows into the same file
+        return _generate_file(engine, inp, out, params, batch_size, progress, items)
 
+
+def _generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int,
+                   progress: bool, items: list[Item] | None) -> dict[str, Any]:
     items = items if items is not None else read_items(inp)
     done = answered_ids(out)
     todo = [it for it in items if it.id not in done]
     prompts, ready, skipped = [], [], []
-    for it in todo:
-        ids = engine.prompt_ids(it.conv)
-        if len(ids) + params.max_new_tokens > engine.max_context:
-            skipped.append(f"{it.where} (id {it.id}): {len(ids)} prompt tokens + --max-new-tokens "
-                           f"{params.max_new_tokens} > context {engine.max_context}")
-            continue
-        prompts.append(ids)
-        ready.append(it)
+    err_path = errors_path(out)
     stats = {"rows": len(items), "already_done": len(items) - len(todo), "answered": 0, "skipped": skipped,
-             "completion_tokens": 0, "seconds": 0.0}
-    if not ready:
+             "failed": [], "errors_file": str(err_path), "completion_tokens": 0, "seconds": 0.0}
+    if not todo:
+        err_path.unlink(missing_ok=True)     # every row is answered: no failure of an earlier run is left
         return stats
     out.parent.mkdir(parents=True, exist_ok=True)
+    # the failures of this run (an earlier run's are retried now: they are not in --output)
+    errors = open(err_path, "w", encoding="utf-8")
+
+    def fail(it: Item, reason: str, bucket: list) -> None:
+        bucket.append(f"{it.where} (id {it.id}): {reason}")
+        errors.write(json.dumps({"id": it.id, "where": it.where, "reason": reason}, ensure_ascii=False) + "\n")
+        errors.flush()
+
+    with errors:
+        for it in todo:
+            ids = engine.prompt_ids(it.conv)
+            if len(ids) + params.max_new_tokens > engine.max_context:
+                fail(it, f"{len(ids)} prompt tokens + --max-new-tokens {params.max_new_tokens} > context "
+                         f"{engine.max_context}", skipped)
+                continue
+            prompts.append(ids)
+            ready.append(it)
+        if ready:
+            _generate(engine, out, ready, prompts, params, batch_size, progress, stats, fail)
+    if not skipped and not stats["failed"]:
+        err_path.unlink(missing_ok=True)
+    return stats
+
+
+def _generate(engine: Any, out: Path, ready: list[Item], prompts: list[list[int]], params: SamplingParams,
+              batch_size: int, progress: bool, stats: dict[str, Any], fail) -> None:
+    from tqdm import tqdm
+
+    from chatsmith.engine.scheduler import Scheduler
+
     scheduler = Scheduler(engine, max_batch=batch_size, max_queue=max(2 * batch_size, 8))
     t0 = time.perf_counter()
     try:
@@ -153,18 +195,20 @@ def generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, bat
                 tqdm(total=len(ready), unit="row", desc="generate", disable=not progress, file=sys.stderr) as bar:
             for i, text, reason, count in answers(scheduler, prompts, params, window=2 * batch_size):
                 it = ready[i]
+                bar.update()
+                if failed(reason):
+                    fail(it, reason, stats["failed"])
+                    continue
                 row = {"id": it.id, **{k: v for k, v in it.row.items() if k != "id"}, "answer": text,
                        "finish_reason": reason}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
                 stats["answered"] += 1
                 stats["completion_tokens"] += count
-                bar.update()
                 bar.set_postfix(tok_s=f"{stats['completion_tokens'] / (time.perf_counter() - t0):.0f}")
     finally:
         scheduler.shutdown(drain=False)
         stats["seconds"] = time.perf_counter() - t0
-    return stats
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
@@ -209,8 +253,14 @@ def run_generate(args: argparse.Namespace) -> int:
                           progress=not args.no_progress, items=items)
     rate = stats["completion_tokens"] / stats["seconds"] if stats["seconds"] else 0.0
     print(f"chatsmith: {stats['answered']} answered, {stats['already_done']} already in {args.output}, "
-          f"{len(stats['skipped'])} skipped; {stats['completion_tokens']} tokens in {stats['seconds']:.1f}s "
-          f"({rate:.0f} tok/s)", file=sys.stderr)
+          f"{len(stats['failed'])} failed, {len(stats['skipped'])} skipped; {stats['completion_tokens']} tokens in "
+          f"{stats['seconds']:.1f}s ({rate:.0f} tok/s)", file=sys.stderr)
     for s in stats["skipped"]:
         print(f"chatsmith: skipped {s}", file=sys.stderr)
+    for s in stats["failed"]:
+        print(f"chatsmith: failed {s}", file=sys.stderr)
+    if stats["failed"] or stats["skipped"]:
+        print(f"chatsmith: {len(stats['failed']) + len(stats['skipped'])} row(s) not answered, listed with their "
+              f"reason in {stats['errors_file']}; run again to retry them", file=sys.stderr)
+        return 1
     return 0

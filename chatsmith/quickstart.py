@@ -118,9 +118,15 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
             answer_suite(systems, suite, eval_dir, limit=s.eval_limit, max_new_tokens=s.max_new_tokens,
                          temperature=0.0, batch_size=16)
         # the bundled code suite's answers are run (isolated, see the README's threat model): quickstart opts in
+        from chatsmith.eval.sandbox import SandboxUnavailable
+
         print("quickstart runs the answers to its own bundled code suite against their tests (code execution "
               "allowed for this suite only)")
-        auto = score_automatic(eval_dir, allow_code_execution=True)
+        try:
+            auto = score_automatic(eval_dir, allow_code_execution=True)
+        except SandboxUnavailable as e:
+            print(f"chatsmith: {e}; code items are left unscored")
+            auto = score_automatic(eval_dir, allow_code_execution=False)
         result["automatic"] = auto
         # the judge reads a few items in its own directory, so its table covers exactly what it judged
         judge_dir = out / "eval-judge"

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from chatsmith.chat import ChatSession, answer_one, read_piped
 from chatsmith.conversation import Conversation, Message

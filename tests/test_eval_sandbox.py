@@ -27,6 +27,16 @@ def kind(request):
 
 
 def _alive_sandbox_processes() -> list[str]:
+    """Sandbox processes still running; a process killed a moment ago may take a moment to go under load."""
+    for _ in range(50):
+        left = _sandbox_processes()
+        if not left:
+            return left
+        time.sleep(0.1)
+    return left
+
+
+def _sandbox_processes() -> list[str]:
     left = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -184,3 +194,22 @@ def test_code_items_are_unscored_and_counted_without_opt_in(tmp_path, monkeypatc
     assert on["code_execution"]["isolation"] == KINDS[0]
     monkeypatch.setenv(sandbox.ALLOW_ENV, "1")
     assert {f["figure"]: f for f in score_automatic(tmp_path)["figures"]}["code.tests"]["n"] == 3
+
+
+def test_as_root_without_isolation_code_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "_probe", lambda kind: None)
+    with pytest.raises(sandbox.SandboxUnavailable, match="refusing to run model-written code as root"):
+        sandbox.choose_isolation()
+
+
+def test_readme_threat_model_names_the_real_switches(capsys):
+    from chatsmith.cli import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Threat model", 1)[1].split("\n## ", 1)[0]
+    assert "--allow-code-execution" in section and sandbox.ALLOW_ENV in section and "bubblewrap" in section
+    for argv, flags in ((["eval", "report"], ["--allow-code-execution"]), (["serve"], ["--api-key", "--host", "--cors-origin", "--drain-timeout"])):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        out = capsys.readouterr().out
+        assert all(f in out and f in section for f in flags), (argv, flags)

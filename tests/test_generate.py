@@ -9,7 +9,7 @@ import pytest
 
 from chatsmith.cli import main
 from chatsmith.conversation import Conversation
-from chatsmith.engine.base import SamplingParams
+from chatsmith.engine.base import Delta, SamplingParams
 
 ROWS = [
     {"instruction": "Name a colour.", "input": ""},
@@ -123,3 +123,68 @@ def test_bad_options(tmp_path, capsys):
     assert main(["generate", "--model", "x", "--input", str(tmp_path / "missing.jsonl"), "--output",
                  str(tmp_path / "o.jsonl")]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+class FlakyEngine:
+    """A dynamic-batching engine whose answers fail for prompts that say 'boom' (an engine error) or 'stop'
+    (cancelled), until `heal` is set: then every row is answered."""
+    max_context = 512
+
+    def __init__(self):
+        self.heal = False
+        self.prompts = {}
+
+    def prompt_ids(self, conv):
+        text = conv.messages[-1].content if hasattr(conv, "messages") else ""
+        ids = [len(self.prompts) + 1]
+        self.prompts[ids[0]] = text
+        return ids if hasattr(conv, "messages") else list(conv)
+
+    def check_fits(self, ids, params, what="prompt"):
+        pass
+
+    def stream(self, prompts, params, cancelled=None):
+        from chatsmith.errors import ChatsmithError
+
+        for i, ids in enumerate(prompts):
+            text = self.prompts[ids[0]]
+            if "boom" in text and not self.heal:
+                raise ChatsmithError("the engine broke")
+        for i, ids in enumerate(prompts):
+            text = self.prompts[ids[0]]
+            if "stop" in text and not self.heal:
+                yield Delta(i, "", None, "cancelled")
+            else:
+                yield Delta(i, f"re: {text}", 1, "stop")
+
+
+def test_failed_rows_go_to_the_errors_file_and_are_retried(tmp_path):
+    from chatsmith.generate import errors_path, generate_file, read_items
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "results.jsonl"
+    write_jsonl(inp, [{"id": "a", "instruction": "fine"}, {"id": "b", "instruction": "boom"},
+                      {"id": "c", "instruction": "please stop"}, {"id": "d", "instruction": "also fine"}])
+    eng = FlakyEngine()
+    params = SamplingParams(max_new_tokens=4)
+    stats = generate_file(eng, inp, out, params, batch_size=1, progress=False)
+    assert stats["answered"] == 2 and len(stats["failed"]) == 2
+    assert [(r["id"], r["answer"]) for r in read_jsonl(out)] == [("a", "re: fine"), ("d", "re: also fine")]
+    errs = read_jsonl(errors_path(out))
+    assert [(e["id"], e["reason"]) for e in errs] == [("b", "error: the engine broke"), ("c", "cancelled")]
+    assert errs[0]["where"].endswith("in.jsonl:2")
+    eng.heal = True
+    again = generate_file(eng, inp, out, params, batch_size=1, progress=False, items=read_items(inp))
+    assert again["already_done"] == 2 and again["answered"] == 2 and again["failed"] == []
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["a", "b", "c", "d"]
+    assert not errors_path(out).exists()
+
+
+def test_the_cli_exits_non_zero_when_rows_failed(tmp_path, monkeypatch, capsys):
+    import chatsmith.engine as engine_mod
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "results.jsonl"
+    write_jsonl(inp, [{"id": "a", "instruction": "fine"}, {"id": "b", "instruction": "boom"}])
+    monkeypatch.setattr(engine_mod, "load_engine", lambda *a, **k: FlakyEngine())
+    rc = main(["generate", "--input", str(inp), "--output", str(out), "--no-progress", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 answered" in err and "1 failed" in err and "results.errors.jsonl" in err

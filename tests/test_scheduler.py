@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import Engine, SamplingParams

@@ -294,7 +294,7 @@ def test_other_origins_and_hosts_are_refused(served, tiny_llama):
     with httpx.Client(timeout=60) as client:
         ok = client.post(own + CHAT_URL, content=chat(), headers={**JSON, "Origin": own})
         assert ok.status_code == 200
-        for origin in ("http://evil.example", f"http://localhost.evil.example:{port}", "null", f"http://127.0.0.1:1"):
+        for origin in ("http://evil.example", f"http://localhost.evil.example:{port}", "null", "http://127.0.0.1:1"):
             err = assert_openai_error(client.post(own + CHAT_URL, content=chat(), headers={**JSON, "Origin": origin}),
                                       403)
             assert err["code"] == "origin_not_allowed"

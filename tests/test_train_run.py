@@ -4,6 +4,7 @@ resume is exact, stages chain, and bad input fails before any training."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -183,3 +184,28 @@ def test_hot_start_from_an_adapter_continues_it(tiny_llama, data_dir, tmp_path):
     assert ref.path == tiny_llama and ref.adapters == [second]
     before, after = _adapter(first), _adapter(second)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_full_fine_tune_replaces_a_lora_output_whole_and_a_second_run_is_refused(tiny_model, data_dir,
+                                                                                   tmp_path):
+    from chatsmith.outputs import OutputBusy, output_lock
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model, data_dir, out, method="lora", max_steps=1))
+    assert (out / "adapter_config.json").is_file()
+    (out / "stray-from-an-earlier-run.txt").write_text("old")
+    train(_cfg(tiny_model, data_dir, out, method="full", max_steps=1, learning_rate=1e-3))
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in names and "metrics.jsonl" in names
+    assert not names & {"adapter_config.json", "adapter_model.safetensors", "stray-from-an-earlier-run.txt"}
+    assert json.loads((out / "chatsmith.json").read_text())["method"] == "full"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]           # no staging or lock file left beside it
+    with output_lock(out, "training output"):
+        with pytest.raises(OutputBusy, match=rf"in use by another chatsmith run \(pid {os.getpid()}\)"):
+            train(_cfg(tiny_model, data_dir, out, method="full", max_steps=1))
+    mine = tmp_path / "mine"                     # not a training output: replacing it would delete the user's files
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ChatsmithError, match=r"mine: holds files that are not a chatsmith training output"):
+        train(_cfg(tiny_model, data_dir, mine, method="full", max_steps=1))
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from chatsmith.conversation import Conversation
 from chatsmith.errors import ChatsmithError
+from chatsmith.outputs import atomic_file
 
 try:
     from _json import encode_basestring as _quote  # the C function json uses for ensure_ascii=False
@@ -74,17 +74,7 @@ def write_conversations(path: str | os.PathLike, convs: Iterable[Conversation]) 
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write to a temp file beside `path`, then rename (chatsmith.outputs.atomic_file): readers never see half a
+    file."""
+    with atomic_file(Path(path)) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f

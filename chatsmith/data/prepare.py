@@ -34,6 +34,7 @@ from chatsmith.data.report import SourceStats, format_table, totals
 from chatsmith.data.formats import alpaca_fast_line, check_turns
 from chatsmith.data.sources import SourceSpec, open_source, parse_input
 from chatsmith.errors import ChatsmithError
+from chatsmith.outputs import atomic_dir, output_lock
 
 TRAIN_FILE, VAL_FILE, REPORT_FILE = "train.jsonl", "val.jsonl", "report.json"
 _COPY_BATCH = 4096  # rows gathered per write in pass 2
@@ -54,8 +55,8 @@ def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.P
     """Write OUTPUT/train.jsonl, val.jsonl and report.json; return the report.
 
     inputs: "FILE[:FORMAT][@WEIGHT][~SAMPLE]" / "hf:OWNER/NAME[:SPLIT]..." strings or SourceSpecs (a sample is
-    drawn with `seed`). language: keep only conversations in these ISO 639-1 codes ("en", "en,fr"). Token checks (max_length, no trainable token
-    left) run when a template, model, tokenizer or max_length is given; the template is picked as the engine
+    drawn with `seed`). language: keep only conversations in these ISO 639-1 codes ("en", "en,fr"). Token checks
+    (max_length, no trainable token left) run when a template, model, tokenizer or max_length is given; the template is picked as the engine
     picks it. Raises TooManyDropped (after writing report.json) when the dropped fraction passes the limit."""
     t0 = time.perf_counter()
     # a str may carry :FORMAT@WEIGHT; a Path is taken literally
@@ -84,8 +85,35 @@ def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.P
         tpl, tok = load_template_and_tokenizer(template, tokenizer if tokenizer is not None else model)
 
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, spool_path = tempfile.mkstemp(prefix=".prepare-spool.", suffix=".jsonl", dir=out)
+    with output_lock(out, "data prepare output"):
+        _check_own_output(out)
+        # train, val and report are written into a staging folder and published together (one rename): a kill
+        # never pairs a new val with an old train
+        with atomic_dir(out) as stage:
+            report = _prepare_into(stage, out, specs, deduper, tpl, tok, model, max_length, over_length, val_size,
+                                   seed, dedupe, max_drop_fraction, t0, lang, language)
+    if not report["ok"]:
+        frac = report["totals"]["drop_fraction"]
+        raise TooManyDropped(f"dropped {100 * frac:.2f}% of rows, more than --max-drop-fraction "
+                             f"{max_drop_fraction:g}; see {out / REPORT_FILE} (train/val not written)", report)
+    return report
+
+
+def _check_own_output(out: Path) -> None:
+    """The folder is replaced as a whole: refuse one that holds anything but an earlier run's output."""
+    if out.exists() and not out.is_dir():
+        raise ChatsmithError(f"--output {out}: not a directory")
+    ours = {TRAIN_FILE, VAL_FILE, REPORT_FILE}
+    other = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if other:
+        raise ChatsmithError(f"--output {out}: holds files that are not data prepare's ({', '.join(other[:3])}); "
+                             "it is replaced as a whole, so give a folder of its own")
+
+
+def _prepare_into(stage: Path, out: Path, specs, deduper, tpl, tok, model, max_length, over_length, val_size,
+                  seed, dedupe, max_drop_fraction, t0, lang, language) -> dict[str, Any]:
+    fd, spool_path = tempfile.mkstemp(prefix=".prepare-spool.", suffix=".jsonl", dir=stage)
     try:
         gc_was_on = gc.isenabled()
         gc.disable()  # pass 1 makes millions of short-lived, acyclic objects: cycle collection only costs time
@@ -101,13 +129,10 @@ def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.P
         report["language"] = language
         frac = report["totals"]["drop_fraction"]
         if max_drop_fraction is not None and frac > max_drop_fraction:
-            report["ok"] = False
-            for stale in (TRAIN_FILE, VAL_FILE):  # an earlier run's files must not pass for this run's
-                (out / stale).unlink(missing_ok=True)
-            _write_report(out, report, t0)
-            raise TooManyDropped(f"dropped {100 * frac:.2f}% of rows, more than --max-drop-fraction "
-                                 f"{max_drop_fraction:g}; see {out / REPORT_FILE} (train/val not written)", report)
-        _pass2(spool_path, out, specs, stats, offsets, lengths, sources, val_size, seed)
+            report["ok"] = False     # published with the report only: an earlier run's train/val go too
+            _write_report(stage, report, t0)
+            return report
+        _pass2(spool_path, stage, specs, stats, offsets, lengths, sources, val_size, seed)
     finally:
         try:
             os.unlink(spool_path)
@@ -116,7 +141,7 @@ def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.P
     report["totals"] = totals(stats)
     report["sources"] = [s.to_dict() for s in stats]
     report["ok"] = True
-    _write_report(out, report, t0)
+    _write_report(stage, report, t0)
     return report
 
 

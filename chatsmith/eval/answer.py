@@ -73,13 +73,10 @@ def to_system(name: str, spec: Any) -> SystemSpec:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from chatsmith.outputs import atomic_file
+
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_jsonl_lenient(path: Path) -> tuple[list[dict], int]:
@@ -171,6 +168,19 @@ def answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], o
              {model, adapters} / {endpoint}, or a loaded Engine.
     Returns {name: {"done": n, "new": n, "errors": n, "skipped": n}}.
     """
+    from chatsmith.outputs import output_lock
+
+    with output_lock(Path(output_dir), "answers directory"):   # two runs would interleave the answer files
+        return _answer_suite(systems, suite, output_dir, max_new_tokens=max_new_tokens, temperature=temperature,
+                             batch_size=batch_size, backend=backend, template=template, seed=seed, limit=limit,
+                             concurrency=concurrency, timeout=timeout, retries=retries, backoff=backoff, log=log,
+                             load_in_8bit=load_in_8bit)
+
+
+def _answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], output_dir: str | Path, *,
+                  max_new_tokens: int, temperature: float, batch_size: int, backend: str, template: str | None,
+                  seed: int | None, limit: int | None, concurrency: int, timeout: float, retries: int,
+                  backoff: float, log, load_in_8bit: bool) -> dict[str, dict[str, int]]:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(output_dir)
     items = load_suite(suite, limit=limit)

@@ -56,21 +56,27 @@ _RUN_LOCK = threading.Lock()
 
 _HARNESS = """\
 import os, sys
-_token = sys.stdin.readline().strip()
-_fd = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_fd, 0)
-os.close(_fd)
-sys.path.insert(0, os.getcwd())
-sys.argv = ["answer.py"]
-import answer
-_ns = dict(vars(answer))
-_ns["__name__"] = "__tests__"
-with open("tests.py", encoding="utf-8") as _f:
-    exec(compile(_f.read(), "tests.py", "exec"), _ns)
-sys.stdout.flush()
-sys.stderr.flush()
-os.write(1, ("\\n" + _token + "\\n").encode())
-os._exit(0)
+
+
+def _main():
+    token = sys.stdin.readline().strip()     # a local, not a module global the answer could simply import
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    sys.path.insert(0, os.getcwd())
+    sys.argv = ["answer.py"]
+    import answer
+    ns = dict(vars(answer))
+    ns["__name__"] = "__tests__"
+    with open("tests.py", encoding="utf-8") as f:
+        exec(compile(f.read(), "tests.py", "exec"), ns)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(1, ("\\n" + token + "\\n").encode())
+    os._exit(0)
+
+
+_main()
 """
 
 
@@ -106,7 +112,7 @@ def execution_allowed(allow: bool | None = None) -> bool:
 
 def describe(kind: str | None) -> str:
     return {"bwrap": "bubblewrap: own user/pid/network namespaces, uid 65534, read-only system",
-            "nobody": "uid/gid nobody, no_new_privs (bubblewrap not available)",
+            "nobody": "uid/gid nobody, no network, no_new_privs (bubblewrap not available)",
             "user": "same user, no_new_privs only (bubblewrap not available; weak)",
             None: "no working isolation: code will be refused"}[kind]
 
@@ -178,9 +184,11 @@ def _status(pid: str) -> dict[str, list[str]]:
 
 
 def _kill_survivors(marker: str, uid: int | None) -> None:
-    """Kill every process carrying this run's marker, and (as subreaper) our orphaned children of `uid`."""
+    """Kill every process carrying this run's marker, and (as subreaper) our orphaned children of `uid`: stopped
+    first, so a fork bomb cannot refill what is killed, then killed, until a scan finds none."""
     me = str(os.getpid())
-    for _ in range(50):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         found = []
         for pid in os.listdir("/proc"):
             if not pid.isdigit() or pid == me:
@@ -190,21 +198,21 @@ def _kill_survivors(marker: str, uid: int | None) -> None:
             except OSError:
                 env = b""
             st = _status(pid)
-            mine = marker.encode() in env
             orphan = uid is not None and uid != os.getuid() and st.get("PPid", [""])[0] == me \
                 and st.get("Uid", [None])[0] == str(uid)
-            if mine or orphan:
+            if orphan and st.get("State", [""])[0] == "Z":
+                _reap(int(pid))
+            elif marker.encode() in env or orphan:
                 found.append(int(pid))
-                if st.get("State", [""])[0] == "Z" and orphan:
-                    _reap(int(pid))
-                    found.pop()
         if not found:
             return
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in found:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
         for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             _reap(pid)
         time.sleep(0.02)
 

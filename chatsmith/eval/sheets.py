@@ -7,7 +7,7 @@ and the slot -> system key is stored apart, in ANS/human_key.json, so the sheets
 Raters fill the `score` column (0-10); `chatsmith eval human --ratings DIR/rater1.csv DIR/rater2.csv --answers ANS`
 reads them back through the key (chatsmith.eval.human).
 
-The sheets directory is written whole or not at all (chatsmith.export.atomic), and an existing one is never
+The sheets directory is written whole or not at all (chatsmith.outputs), and an existing one is never
 overwritten: it may hold ratings in progress.
 """
 
@@ -55,7 +55,7 @@ def _slots(n: int) -> list[str]:
 def export_sheets(answers_dir: str | Path, out_dir: str | Path, raters: int = 2, seed: int = 0) -> list[Path]:
     """Write one blind sheet per rater into `out_dir` (new) and add their keys to ANS/human_key.json."""
     from chatsmith.eval.answer import load_answers, write_atomic
-    from chatsmith.export.atomic import atomic_dir
+    from chatsmith.outputs import atomic_dir
 
     if raters < 1:
         raise ChatsmithError("--raters must be at least 1")

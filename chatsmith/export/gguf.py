@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 from chatsmith import models
 from chatsmith.errors import ChatsmithError
-from chatsmith.export.atomic import atomic_file, check_output
 from chatsmith.export.gguf_vocab import is_sentencepiece, sentencepiece_vocab, write_sentencepiece_vocab
+from chatsmith.outputs import atomic_file, check_output
 
 TYPES = ("f32", "f16", "q8_0")
 ARCHS = {"llama": "LLAMA", "gpt_neox": "GPTNEOX", "bloom": "BLOOM"}

@@ -16,7 +16,7 @@ from typing import Any
 
 from chatsmith import models
 from chatsmith.errors import ChatsmithError
-from chatsmith.export.atomic import atomic_dir, check_output
+from chatsmith.outputs import atomic_dir, check_output, output_lock
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
@@ -44,6 +44,11 @@ def merge_adapters(base: str | None, adapters: list[str], output: str | Path, *,
     """Merge `adapters` (in order) into `base` and save a standalone model at `output`. Returns the path."""
     out = Path(output).expanduser()
     check_output(out, force, "output directory")
+    with output_lock(out, "merge output"):      # a second merge into the same directory stops at once
+        return _merge(base, adapters, out, dtype)
+
+
+def _merge(base: str | None, adapters: list[str], out: Path, dtype: str) -> Path:
     adapter_paths = [models._check_adapter(a) for a in adapters]
     if not adapter_paths:
         raise ChatsmithError("merge needs at least one --adapter")

@@ -272,6 +272,13 @@ async def load_topics(cfg: SynthConfig, teacher: Teacher) -> list[str]:
 
 # ---- the run -----------------------------------------------------------------------------------------
 async def synthesize(cfg: SynthConfig) -> Report:
+    from chatsmith.outputs import output_lock
+
+    with output_lock(Path(cfg.output), "synth output"):   # a second run would interleave rows into the file
+        return await _synthesize(cfg)
+
+
+async def _synthesize(cfg: SynthConfig) -> Report:
     instructors = load_instructors(cfg)
     if not instructors:
         raise ChatsmithError("instructors: none configured; add e.g. `instructors: {general: {count: 10}}`")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.outputs import fsync_dir, fsync_file, fsync_tree
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -73,15 +74,19 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
 
 
 def publish(staged: Path, final: Path) -> None:
-    """staging folder -> final name (atomic rename) -> completion marker."""
+    """staging folder -> every file flushed to disk -> final name (atomic rename) -> completion marker. The
+    fsync comes first: after a power loss the marker must never stand beside files the disk did not keep."""
+    fsync_tree(staged)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staged, final)
+    fsync_dir(final.parent)
     marker = final / COMPLETE_MARKER
     tmp = final / (COMPLETE_MARKER + ".tmp")
     tmp.write_text(json.dumps({"step": checkpoint_step(final)}))
+    fsync_file(tmp)
     os.replace(tmp, marker)
-    _fsync_dir(final.parent)
+    fsync_dir(final)
 
 
 def rotate(root: Path, limit: int, keep: Path | None = None) -> None:
@@ -106,16 +111,3 @@ def fix_state_paths(trainer_state: Path, staging: Path, root: Path) -> None:
         return
     text = trainer_state.read_text()
     trainer_state.write_text(text.replace(str(staging), str(root)))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

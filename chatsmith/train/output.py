@@ -1,8 +1,9 @@
 """The training output directory: weights (safetensors only), the tokenizer with our template as its
 chat_template, chatsmith.json (template, base model, stops, lineage), lineage.json, metrics.jsonl, loss.png.
 
-Files are written into a hidden temporary folder and moved into place; chatsmith.json goes last, so a
-directory with chatsmith.json holds a complete model.
+The whole directory is built in a hidden staging folder beside it and swapped in with one rename
+(chatsmith.outputs.publish_dir), so a directory with chatsmith.json holds a complete model and only this run's
+files.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from chatsmith.models import META_FILE
+from chatsmith.outputs import publish_dir, staging_dir
 from chatsmith.templates import Template
 from chatsmith.templates.spec import template_to_meta
 
@@ -24,14 +25,18 @@ LOSS_PNG = "loss.png"
 
 
 def save_output(out: Path, model: Any, tokenizer: Any, template: Template, *, method: str, base_model: str,
-                lineage: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+                lineage: dict[str, Any], staged: Path | None = None, carry: tuple[str, ...] = ()) -> Path:
+    """Build the whole output in a staging folder beside `out` (or `staged`, where a sharded model was already
+    saved), move this run's `carry` entries of `out` (metrics.jsonl, kept checkpoints) into it, then swap it in
+    for `out`: nothing of an earlier run (an old adapter_config.json) survives, and a kill before the swap
+    leaves `out` as it was, checkpoints included, to resume."""
+    tmp = staged if staged is not None else staging_dir(out)
+    moved: list[str] = []
     try:
         if model is None:                                     # already saved by Trainer.save_model (sharded)
-            (out / "training_args.bin").unlink(missing_ok=True)
-            (out / "README.md").unlink(missing_ok=True)
-            _set_adapter_base(out, base_model)
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+            (tmp / "README.md").unlink(missing_ok=True)
+            _set_adapter_base(tmp, base_model)
         elif method in ("lora", "qlora"):
             # embeddings only where they train (modules_to_save, a hot start's extended vocabulary): peft's "auto"
             # would also save a frozen copy of both whole matrices into every stage's adapter
@@ -51,14 +56,19 @@ def save_output(out: Path, model: Any, tokenizer: Any, template: Template, *, me
         pickles = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
         for name in pickles:
             (tmp / name).unlink()
-        (out / META_FILE).unlink(missing_ok=True)             # the old marker goes first, the new one last
-        for p in sorted(tmp.iterdir()):
-            os.chmod(p, 0o644)
-            os.replace(p, out / p.name)
-        meta_tmp = out / (META_FILE + ".tmp")
-        meta_tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(meta_tmp, out / META_FILE)
+        for p in tmp.iterdir():
+            if p.is_file():
+                os.chmod(p, 0o644)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        for name in carry:
+            if (out / name).exists():
+                os.replace(out / name, tmp / name)
+                moved.append(name)
+        publish_dir(tmp, out)
+        moved = []
     finally:
+        for name in moved:                     # the swap failed: this run's files go back where they were
+            os.replace(tmp / name, out / name)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 

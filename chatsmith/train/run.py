@@ -9,6 +9,7 @@ adapter on its merged weights, or (full fine-tuning) continues its weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -147,12 +148,36 @@ def _validation(sname: str, cfg: TrainConfig, files: list[Path], val_files: list
 
 def train(config: TrainConfig | dict | str | os.PathLike, *, callbacks: list | None = None) -> Path:
     """Train as `config` says (a TrainConfig, a dict of its keys, or a YAML path); return the output dir."""
+    from chatsmith.outputs import output_lock
+
+    cfg = _as_config(config)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    # one run per output directory (rank 0 holds the lock for all ranks of a distributed run)
+    with output_lock(out, "training output") if _is_main() else contextlib.nullcontext():
+        _check_replaceable(out)
+        return _train(cfg, out, callbacks)
+
+
+def _check_replaceable(out: Path) -> None:
+    """The output is replaced as a whole when training ends: refuse a directory that is not a training output
+    (output_dir: runs would otherwise take every other run in runs/ with it)."""
+    from chatsmith.models import META_FILE
+    from chatsmith.train.output import METRICS_FILE
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out}: not a directory")
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if names and not names & {META_FILE, METRICS_FILE, "checkpoints", "stages"}:
+        raise ConfigError(f"output_dir {out}: holds files that are not a chatsmith training output "
+                          f"({', '.join(sorted(names)[:3])}); it is replaced as a whole when training ends, so give "
+                          "a new or empty directory")
+
+
+def _train(cfg: TrainConfig, out: Path, callbacks: list | None) -> Path:
     from chatsmith.templates.spec import template_to_meta
     from chatsmith.train import lineage as lin
 
-    cfg = _as_config(config)
     plan = plan_run(cfg)
-    out = Path(cfg.output_dir).expanduser().resolve()
     multi = len(plan.stages) > 1
     lineage = lin.base_lineage(model=cfg.model, model_path=Path(plan.ref.path),
                                template=template_to_meta(plan.template), config=cfg.model_dump(mode="json"),
@@ -262,6 +287,9 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
         collator = PaddedCollator(pad_id)
     args = training_arguments(cfg, ckpt_root, dtype, has_val=val_rows is not None)
     st.dir.mkdir(parents=True, exist_ok=True)
+    sharded_dir = st.dir.parent / f".{st.dir.name}.sharded"   # where every rank saves a sharded model
+    if _is_main():
+        shutil.rmtree(sharded_dir, ignore_errors=True)
     trainer_ref: list = []
     metrics_cb = MetricsCallback(st.dir / METRICS_FILE, trainer_ref,
                                  resume_step=ck.checkpoint_step(resume) or 0 if resume else 0, stage=st.name)
@@ -286,14 +314,15 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
              "base_model": base_model}
     sharded = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
     if sharded:
-        trainer.save_model(str(st.dir))     # FSDP / ZeRO-3: every rank takes part in gathering the weights
+        trainer.save_model(str(sharded_dir))  # FSDP / ZeRO-3: every rank takes part in gathering the weights
     if _is_main():
         stage_lineage = {**lineage, "stages": [*lineage["stages"], entry]}
+        # published whole: the checkpoints go with the old directory unless they are kept
+        carry = (METRICS_FILE, "checkpoints") if plan.cfg.keep_checkpoints else (METRICS_FILE,)
         save_output(st.dir, None if sharded else trainer.model, plan.tokenizer, plan.template, method=cfg.method,
-                    base_model=base_model, lineage=stage_lineage)
+                    base_model=base_model, lineage=stage_lineage, staged=sharded_dir if sharded else None,
+                    carry=carry)
         plot_loss(st.dir / METRICS_FILE, st.dir / LOSS_PNG)
-        if not plan.cfg.keep_checkpoints:
-            shutil.rmtree(ckpt_root, ignore_errors=True)
         say(f"chatsmith: stage {st.name}: {trainer.state.global_step} steps, train loss "
             f"{result.training_loss:.4f}; wrote {st.dir}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -333,26 +362,31 @@ def merge_stage(base_path: Path, adapter: Path, out: Path) -> Path:
 
 
 def _publish_final(last: Path, out: Path, stage_dirs: list[Path]) -> None:
-    """The last stage's artifact becomes the top-level output; metrics of all stages are concatenated."""
-    from chatsmith.models import META_FILE
+    """The last stage's artifact becomes the top-level output, published whole (the stages move along); metrics
+    of all stages are concatenated."""
+    from chatsmith.outputs import publish_dir, staging_dir
     from chatsmith.train.output import LOSS_PNG, METRICS_FILE, plot_loss
 
-    (out / META_FILE).unlink(missing_ok=True)
-    for p in sorted(last.iterdir()):
-        if p.is_file() and p.name not in (META_FILE, METRICS_FILE, LOSS_PNG):
-            tmp = out / f".{p.name}.tmp"
-            shutil.copyfile(p, tmp)
-            os.replace(tmp, out / p.name)
-    lines = []
-    for d in stage_dirs:
-        m = d / METRICS_FILE
-        if m.is_file():
-            lines.append(m.read_text(encoding="utf-8"))
-    (out / METRICS_FILE).write_text("".join(lines), encoding="utf-8")
-    plot_loss(out / METRICS_FILE, out / LOSS_PNG)
-    tmp = out / (META_FILE + ".tmp")
-    shutil.copyfile(last / META_FILE, tmp)
-    os.replace(tmp, out / META_FILE)
+    tmp = staging_dir(out)
+    try:
+        for p in sorted(last.iterdir()):
+            if p.is_file() and p.name not in (METRICS_FILE, LOSS_PNG):
+                shutil.copyfile(p, tmp / p.name)
+        lines = []
+        for d in stage_dirs:
+            m = d / METRICS_FILE
+            if m.is_file():
+                lines.append(m.read_text(encoding="utf-8"))
+        (tmp / METRICS_FILE).write_text("".join(lines), encoding="utf-8")
+        plot_loss(tmp / METRICS_FILE, tmp / LOSS_PNG)
+        os.replace(out / "stages", tmp / "stages")
+        try:
+            publish_dir(tmp, out)
+        except BaseException:            # the stages stay where a resumed run finds them
+            os.replace(tmp / "stages", out / "stages")
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------
