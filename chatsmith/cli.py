@@ -26,6 +26,7 @@ VERBS: dict[str, object] = {
     "data": {
         "prepare": ("chatsmith.data.prepare", "prepare", "read, validate, mix and split data sets into train/val"),
         "inspect": ("chatsmith.data.inspect", "inspect", "show rendered samples with trainable tokens and length stats"),
+        "overlap": ("chatsmith.data.overlap", "overlap", "contamination check: eval items' n-grams in training"),
     },
     "train": ("chatsmith.train.run", "train", "fine-tune (LoRA, QLoRA or full) from a YAML config or flags"),
     "merge": ("chatsmith.export.merge", "merge", "merge LoRA adapters into a standalone model"),

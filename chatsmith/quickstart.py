@@ -81,6 +81,13 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
         report = prepare([str(p) for p in sample_files()], out / "data", template=TEMPLATE, model=model,
                          max_length=s.max_length, val_size=0.05, over_length="drop", seed=0, dedupe="exact")
         print(format_table(report))
+        # contamination check: how much of the held-out suite is in the training rows just prepared
+        from chatsmith.data.overlap import overlap, overlap_summary
+
+        ov = overlap([out / "data"], heldout_contextual(), n=8, threshold=0.5)
+        (out / "overlap.json").write_text(json.dumps(ov, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        result["overlap"] = {k: v for k, v in ov.items() if k != "items"}
+        print(f"held-out overlap ({Path(ov['suite']).name}): {overlap_summary(ov)}")
 
     with st.stage("2. LoRA fine-tune"):
         from chatsmith.train import train
@@ -137,6 +144,11 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
         result["gguf"] = str(gguf)
 
     print("\n" + st.summary())
+    from chatsmith.eval.report import skill_table
+
+    print("\nper-skill figures on the evaluated suites (% of items; n = items scored):\n"
+          + skill_table(auto, list(systems)))
+    print(f"contamination check, held-out vs training (per item: {out / 'overlap.json'}): {overlap_summary(ov)}")
     result["timings"] = dict(st.times)
     (out / "quickstart.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     print(f"""

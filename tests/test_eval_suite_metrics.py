@@ -43,12 +43,18 @@ def test_contextual_suite_has_unanswerable_items_and_heldout_format_loads(tmp_pa
     # the data helper's held-out file format ({id, category, prompt, reference, source, answerable}) is a suite
     row = {"id": "h1", "category": "contextual", "prompt": "BEGININPUT\nBEGINCONTEXT\nurl: https://a.b/1\n"
            "ENDCONTEXT\nThe sky is green.\nENDINPUT\nBEGININSTRUCTION\nWhat color is the sky? Source?\n"
-           "ENDINSTRUCTION", "reference": "Green.", "source": {"url": "https://a.b/1"}, "answerable": True}
+           "ENDINSTRUCTION", "reference": "Green.", "answer_span": "green", "source": {"url": "https://a.b/1"},
+           "answerable": True}
     p = tmp_path / "heldout.jsonl"
     p.write_text(json.dumps(row) + "\n", encoding="utf-8")
     (it,) = load_suite(str(p))
     assert score_item(it, "The sky is green.\nSource:\nurl: https://a.b/1")["score"] == 1.0
     assert score_item(it, "The sky is green.")["score"] == 0.0          # no citation
+    del row["answer_span"]  # without a fact to check, the item is unscored with its reason, not guessed
+    p.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (it,) = load_suite(str(p))
+    r = score_item(it, "The sky is green.\nSource:\nurl: https://a.b/1")
+    assert r["score"] is None and "fact cannot be checked" in r["unscored"]
     real = Path(__file__).parents[1] / "chatsmith/data/samples/heldout_contextual.jsonl"
     if real.is_file():  # written by the data helper: every item scores 1 with its own reference
         held = load_suite(str(real))

@@ -133,28 +133,173 @@ def _pairwise_note(rows: list[dict], systems: list[str]) -> str:
     return "Pairwise wins-ties-losses (both orders counted): " + "; ".join(parts) + "."
 
 
-def metrics_table(d: Path, systems: list[str]) -> Table | None:
+def load_metrics(d: Path) -> dict | None:
     p = d / "metrics.json"
     if not p.is_file():
         return None
     m = json.loads(p.read_text(encoding="utf-8"))
-    cats = _category_order([c for s in m["systems"].values() for c in s])
-    body = []
-    for cat in cats:
-        names = sorted({mt for s in m["systems"].values() for mt in s.get(cat, {})})
-        for mt in names:
-            vals = []
-            for s in systems:
-                e = m["systems"].get(s, {}).get(cat, {}).get(mt)
-                vals.append(None if e is None else e["mean"] * (1 if mt == "chrf" else 100))
-            n = max((m["systems"].get(s, {}).get(cat, {}).get(mt, {}).get("n", 0) for s in systems), default=0)
-            body.append([CATEGORY_TITLES.get(cat, cat), mt, str(n), *_star_row(vals, [_fmt(v) for v in vals])])
-    notes = ["Accuracy in % (chrF: 0-100). code = unit tests pass in the sandbox; context = cites the right "
-             "source when answerable and refuses when the context lacks the answer."]
-    if m.get("failed_answers"):
-        notes.append(f"{m['failed_answers']} answer(s) missing or failed: not scored.")
-    return {"title": "Automatic metrics", "columns": ["Category", "Metric", "Items", *systems], "rows": body,
+    if "figures" not in m:  # written by an older version: say so rather than misread it
+        from chatsmith.errors import ChatsmithError
+
+        raise ChatsmithError(f"{p}: an older metrics format; rerun `chatsmith eval report --metrics`")
+    return m
+
+
+def _scale(figure: str, mean: float | None) -> float | None:
+    return None if mean is None else mean * (1 if figure == "chrf" else 100)
+
+
+def _n_cell(ns: list[int]) -> str:
+    """Item count(s) of a row; marks a figure over fewer than FEW_ITEMS items."""
+    from chatsmith.eval.metrics import FEW_ITEMS
+
+    text = (str(ns[0]) if len(set(ns)) == 1 else " / ".join(map(str, ns))) if ns else "0"
+    return text + (f" (<{FEW_ITEMS})" if not ns or min(ns) < FEW_ITEMS else "")
+
+
+def _figure_keys(m: dict) -> list[tuple[str, str]]:
+    """(suite, figure) in run order of suites; within a suite cite, abstain, invented, other, tests, form, rest."""
+    from chatsmith.eval.metrics import CODE_FIGURES, CONTEXT_FIGURES
+
+    first = CONTEXT_FIGURES + CODE_FIGURES
+    keys = list(dict.fromkeys((f["suite"] or f["category"], f["figure"]) for f in m["figures"]))
+    suites = list(dict.fromkeys(k[0] for k in keys))
+    return sorted(keys, key=lambda k: (suites.index(k[0]), first.index(k[1]) if k[1] in first else len(first), k[1]))
+
+
+def _index(m: dict) -> dict[tuple[str, str, str], dict]:
+    """(system, suite, figure) -> entry; a suite is named by its file stem (its category when it has none)."""
+    return {(f["system"], f["suite"] or f["category"], f["figure"]): f for f in m["figures"]}
+
+
+def _suites_with(m: dict, prefix: str) -> list[str]:
+    return list(dict.fromkeys(f["suite"] or f["category"] for f in m["figures"] if f["figure"].startswith(prefix)))
+
+
+def _unscored_notes(m: dict, prefix: str | None) -> list[str]:
+    reasons: dict[str, int] = {}
+    for f in m["figures"]:
+        mine = f["figure"].startswith(prefix) if prefix else not f["figure"].startswith(("context.", "code."))
+        if mine:
+            for why, k in f.get("unscored_reasons", {}).items():
+                key = f"{f['system']}, {f['suite'] or f['category']}: {why}"
+                reasons[key] = max(reasons.get(key, 0), k)  # one item adds to several figures of a family
+    if not reasons:
+        return []
+    return ["Unscored items (counted, not dropped; see metrics.jsonl): "
+            + "; ".join(f"{k} x{v}" for k, v in sorted(reasons.items())) + "."]
+
+
+def _few_note(rows: list[list[str]]) -> list[str]:
+    from chatsmith.eval.metrics import FEW_ITEMS
+
+    if any(f"(<{FEW_ITEMS})" in c for r in rows for c in r):
+        return [f"(<{FEW_ITEMS}): fewer than {FEW_ITEMS} items in this run: too few to tell systems apart."]
+    return []
+
+
+def context_table(m: dict, systems: list[str]) -> Table | None:
+    """Closed context, one row per suite and system: cite | abstain | invented | other, with their item counts."""
+    from chatsmith.eval.metrics import DEFINITIONS
+
+    suites = _suites_with(m, "context.")
+    if not suites:
+        return None
+    idx, body = _index(m), []
+    for suite in suites:
+        for s in systems:
+            e = {f: idx.get((s, suite, f)) for f in ("context.cite", "context.abstain", "context.invented",
+                                                     "context.other")}
+            cite, una = e["context.cite"], e["context.abstain"]
+            vals = [_fmt(_scale(f, x["mean"])) if x else "--" for f, x in e.items()]
+            unscored = sum(x["unscored"] for x in (cite, una) if x)
+            body.append([suite, s, vals[0], _n_cell([cite["n"]] if cite else []), *vals[1:],
+                         _n_cell([una["n"]] if una else []), str(unscored)])
+    notes = ["cite = " + DEFINITIONS["context.cite"] + ". abstain, invented and other split the unanswerable "
+             "items: each scored one falls in exactly one class, so the three add up to 100%; invented and other: "
+             "lower is better. Definitions: chatsmith/eval/metrics.py; every item's class and reason: "
+             "metrics.jsonl.",
+             "abstain = " + DEFINITIONS["context.abstain"] + "; invented = " + DEFINITIONS["context.invented"] + "."]
+    notes += _few_note(body) + _unscored_notes(m, "context.")
+    return {"title": "Closed context: cite / abstain / invented (%)",
+            "columns": ["Suite", "System", "cite", "n answerable", "abstain", "invented", "other",
+                        "n unanswerable", "Unscored"], "rows": body, "notes": notes}
+
+
+def code_table(m: dict, systems: list[str]) -> Table | None:
+    """Code, one row per suite and system: unit tests passed beside form (no fences when asked, parses)."""
+    from chatsmith.eval.metrics import DEFINITIONS
+
+    suites = _suites_with(m, "code.")
+    if not suites:
+        return None
+    idx, body = _index(m), []
+    for suite in suites:
+        for s in systems:
+            t, f = idx.get((s, suite, "code.tests")), idx.get((s, suite, "code.form"))
+            if t is None or f is None:
+                continue
+            body.append([suite, s, _fmt(_scale("code.tests", t["mean"])), _fmt(_scale("code.form", f["mean"])),
+                         _n_cell([t["n"]]), str(t["unscored"])])
+    notes = ["tests passed = " + DEFINITIONS["code.tests"] + " (the only pass); form ok = "
+             + DEFINITIONS["code.form"] + " (reported on its own, never a pass)."]
+    notes += _few_note(body) + _unscored_notes(m, "code.")
+    return {"title": "Code: unit tests passed / form (%)",
+            "columns": ["Suite", "System", "tests passed", "form ok", "Items", "Unscored"], "rows": body,
             "notes": notes}
+
+
+def metrics_table(m: dict, systems: list[str]) -> Table | None:
+    """Every other automatic metric: one row per category, suite and metric, one column per system."""
+    rows = [f for f in m["figures"] if not f["figure"].startswith(("context.", "code."))]
+    if not rows:
+        return None
+    idx = _index(m)
+    keys = list(dict.fromkeys((f["category"], f["suite"] or f["category"], f["figure"]) for f in rows))
+    order = _category_order([k[0] for k in keys])
+    keys.sort(key=lambda k: order.index(k[0]))
+    body = []
+    for cat, suite, mt in keys:
+        es = [idx.get((s, suite, mt)) for s in systems]
+        vals = [_scale(mt, e["mean"]) if e else None for e in es]
+        body.append([CATEGORY_TITLES.get(cat, cat), suite, mt, _n_cell([e["n"] for e in es if e]),
+                     *_star_row(vals, [_fmt(v) for v in vals]),
+                     str(max((e["unscored"] for e in es if e), default=0))])
+    notes = ["Accuracy in % (chrF: 0-100)."] + _few_note(body) + _unscored_notes(m, None)
+    if m.get("failed_answers"):
+        notes.append(f"{m['failed_answers']} answer(s) missing or failed: counted as unscored, not as wrong.")
+    return {"title": "Automatic metrics", "columns": ["Category", "Suite", "Metric", "Items", *systems, "Unscored"],
+            "rows": body, "notes": notes}
+
+
+def skill_table(m: dict, systems: list[str]) -> str:
+    """The per-skill figures as plain text, systems side by side, each row with its item count (printed by
+    quickstart and bench/outcome.py)."""
+    from chatsmith.eval.metrics import FEW_ITEMS, LOWER_IS_BETTER
+
+    idx = _index(m)
+    keys = _figure_keys(m)
+    lines = [f"{'skill':<31} {'suite':<22} {'items':>10} " + " ".join(f"{s:>9}" for s in systems)]
+    few = False
+    for suite, fig in keys:
+        es = [idx.get((s, suite, fig)) for s in systems]
+        ns = [e["n"] for e in es if e]
+        few |= not ns or min(ns) < FEW_ITEMS
+        cells = []
+        for e in es:
+            v = _scale(fig, e["mean"]) if e else None
+            cells.append(f"{'--' if v is None else f'{v:.1f}' + ('' if fig == 'chrf' else '%'):>9}")
+        name = fig + (" (lower=better)" if fig in LOWER_IS_BETTER else "")
+        lines.append(f"{name:<31} {suite[:22]:<22} {_n_cell(ns):>10} " + " ".join(cells))
+    if m.get("unscored"):
+        by: dict[str, int] = {}
+        for u in m["unscored"]:
+            by[f"{u['system']}: {u['unscored']}"] = by.get(f"{u['system']}: {u['unscored']}", 0) + 1
+        lines.append(f"unscored: {len(m['unscored'])} item answer(s), counted per skill, not dropped: "
+                     + "; ".join(f"{k} x{v}" for k, v in sorted(by.items())))
+    if few:
+        lines.append(f"(<{FEW_ITEMS}): fewer than {FEW_ITEMS} items in this run: too few to tell systems apart.")
+    return "\n".join(lines)
 
 
 def human_table(d: Path, items, systems: list[str]) -> Table | None:
@@ -197,15 +342,15 @@ def to_markdown(tables: list[Table], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def to_html(tables: list[Table], title: str, chart: str | None) -> str:
+def to_html(tables: list[Table], title: str, chart: str | list[str] | None) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
              "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,th:first-child"
              "{text-align:left}th{background:#eee}.best{font-weight:bold;background:#e6f4e6}</style></head><body>",
              f"<h1>{esc(title)}</h1>"]
-    if chart:
-        parts.append(f"<img src='{esc(chart)}' alt='scores per category' style='max-width:100%'>")
+    for c in [chart] if isinstance(chart, str) else chart or []:
+        parts.append(f"<img src='{esc(c)}' alt='{esc(Path(c).stem)}' style='max-width:100%'>")
     for t in tables:
         parts.append(f"<h2>{esc(t['title'])}</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in t["columns"])
                      + "</tr>")
@@ -218,7 +363,7 @@ def to_html(tables: list[Table], title: str, chart: str | None) -> str:
 
 
 def bar_chart(chart: dict[str, dict[str, tuple[float, float | None]]], systems: list[str], path: Path,
-              title: str) -> None:
+              title: str, ylabel: str = "score (0-100)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,11 +376,12 @@ def bar_chart(chart: dict[str, dict[str, tuple[float, float | None]]], systems: 
         xs = [i + (j - (len(systems) - 1) / 2) * width for i in range(len(cats))]
         ys = [chart[c].get(s, (0.0, None))[0] for c in cats]
         errs = [chart[c].get(s, (0.0, None))[1] or 0.0 for c in cats]
-        ax.bar(xs, ys, width, label=s, yerr=errs if any(errs) else None, capsize=3)
+        bars = ax.bar(xs, ys, width, label=s, yerr=errs if any(errs) else None, capsize=3)
+        ax.bar_label(bars, fmt="%.0f", fontsize="x-small")  # a 0 bar is a score, not a missing one
     ax.set_xticks(range(len(cats)))
-    ax.set_xticklabels([c for c in cats], rotation=30, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("score (0-100)")
+    ax.set_xticklabels([c for c in cats], rotation=30, ha="right", fontsize="small")
+    ax.set_ylim(0, 108)  # room for the value labels
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -260,11 +406,11 @@ def write_report(answers_dir: str | Path, output_dir: str | Path | None = None, 
         if res:
             tables.append(res[0])
             chart_data = chart_data or res[1]
-    mt = metrics_table(d, systems)
-    if mt:
-        tables.append(mt)
-        if chart_data is None:
-            chart_data = _metric_chart(d, systems)
+    m = load_metrics(d)
+    metric_chart = None
+    if m:
+        tables += [t for t in (context_table(m, systems), code_table(m, systems), metrics_table(m, systems)) if t]
+        metric_chart = _metric_chart(m, systems)
     ht = human_table(d, items, systems)
     if ht:
         tables.append(ht)
@@ -274,24 +420,37 @@ def write_report(answers_dir: str | Path, output_dir: str | Path | None = None, 
         raise ChatsmithError(f"{d}: nothing to report; run `chatsmith eval judge` or compute metrics first")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
-    chart_name = None
+    charts = []
     if chart_data:
         paths["png"] = out / "scores.png"
         bar_chart(chart_data, systems, paths["png"], title)
-        chart_name = "scores.png"
+        charts.append("scores.png")
+    if metric_chart:  # every figure its own bars (cite, abstain, invented side by side), never one average
+        name = "metrics.png" if charts else "scores.png"
+        paths["metrics_png" if charts else "png"] = out / name
+        bar_chart(metric_chart, systems, out / name, f"{title}: automatic metrics",
+                  ylabel="% of items (invented/other: lower is better)")
+        charts.append(name)
     write_atomic(paths["markdown"], to_markdown(tables, title))
-    write_atomic(paths["html"], to_html(tables, title, chart_name))
+    write_atomic(paths["html"], to_html(tables, title, charts))
     return paths
 
 
-def _metric_chart(d: Path, systems: list[str]) -> dict:
-    m = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+def _metric_chart(m: dict, systems: list[str]) -> dict:
+    """One bar group per figure and suite, labelled with its item count; chrF (0-100) is left out of a % chart."""
+    from chatsmith.eval.metrics import LOWER_IS_BETTER
+
     chart: dict[str, dict[str, tuple[float, float | None]]] = {}
-    for s in systems:
-        for cat, ms in m["systems"].get(s, {}).items():
-            vals = [e["mean"] * (1 if mt == "chrf" else 100) for mt, e in ms.items()]
-            chart.setdefault(cat, {})[s] = (statistics.mean(vals), None)
-    return {c: chart[c] for c in _category_order(list(chart))}
+    idx = _index(m)
+    keys = [k for k in _figure_keys(m) if k[1] != "chrf"]
+    for suite, fig in keys:
+        ns = [idx[(s, suite, fig)]["n"] for s in systems if (s, suite, fig) in idx]
+        label = f"{fig}{' (lower=better)' if fig in LOWER_IS_BETTER else ''}\n{suite} n={_n_cell(ns)}"
+        for s in systems:
+            e = idx.get((s, suite, fig))
+            if e and e["mean"] is not None:
+                chart.setdefault(label, {})[s] = (100 * e["mean"], None)
+    return chart
 
 
 def configure_report(p) -> None:
@@ -302,7 +461,8 @@ def configure_report(p) -> None:
 
 
 def run_report(args) -> int:
-    if args.metrics or not (Path(args.answers) / "metrics.json").is_file():
+    mpath = Path(args.answers) / "metrics.json"
+    if args.metrics or not mpath.is_file() or "figures" not in json.loads(mpath.read_text(encoding="utf-8")):
         from chatsmith.eval.metrics import score_automatic
 
         score_automatic(args.answers)
