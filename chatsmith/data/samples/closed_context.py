@@ -65,6 +65,7 @@ class World:
     sections: list[str]
     url: str                              # "https://{site}.{tld}/{section}/{num}"
     titles: list[str]
+    extra_meta: tuple[float, float]       # below [0]: an author line, below [1]: else a title line
     names: set[str] = field(default_factory=set)   # every made-up name this world produced
 
     def word(self, rng: random.Random, parts: int) -> str:
@@ -105,9 +106,9 @@ def _document(world: World, rng: random.Random, ent: Entity, keys: list[str]) ->
             "url": world.url.format(site=world.word(rng, 2).lower(), tld=rng.choice(world.tlds),
                                     section=rng.choice(world.sections), num=rng.randint(100, 99999))}
     extra = rng.random()
-    if extra < 0.3:
+    if extra < world.extra_meta[0]:
         meta["author"] = world.person(rng)
-    elif extra < 0.5:
+    elif extra < world.extra_meta[1]:
         meta["title"] = rng.choice(world.titles).format(n=ent.name)
     order = [k for k in ent.facts if k in keys]
     return Document(" ".join(ent.facts[k].sentence for k in order), meta)
@@ -415,7 +416,7 @@ def train_world() -> World:
         years=(2012, 2024), tlds=["com", "net", "org", "news", "info"],
         sections=["news", "science", "business", "culture", "blog", "articles", "reports", "local"],
         url="https://{site}.{tld}/{section}/{num}",
-        titles=["Notes on {n}", "All about {n}", "A short history of {n}", "Meet {n}"])
+        titles=["Notes on {n}", "All about {n}", "A short history of {n}", "Meet {n}"], extra_meta=(0.2, 0.35))
 
 
 # ---- the held-out world: other syllables, names, kinds, facts, wordings ---------------------------------
@@ -567,7 +568,7 @@ def heldout_world() -> World:
         years=(1996, 2009), tlds=["io", "co.uk", "travel", "museum"],
         sections=["guides", "heritage", "travel", "archive", "places"],
         url="https://www.{site}.{tld}/{section}/{num}",
-        titles=["Visiting {n}", "Guide to {n}", "Facts about {n}", "Inside {n}"])
+        titles=["Visiting {n}", "Guide to {n}", "Facts about {n}", "Inside {n}"], extra_meta=(0.3, 0.5))
 
 
 def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None) -> list[dict]:
