@@ -38,6 +38,7 @@ def _train(tmp_path: Path) -> Path:
             {"instruction": "Summarise.", "output": "The Quarnel lighthouse was rebuilt in 1911 after a storm."}]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n", encoding="utf-8")
     (d / "report.json").write_text('{"not": "rows"}')  # a prepared folder's report is not training data
+    (d / ".prepare-spool.x.jsonl").write_text(json.dumps({"text": FRESH}) + "\n")  # a temporary, not data
     return d
 
 

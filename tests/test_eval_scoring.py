@@ -89,26 +89,28 @@ GOOD = "def factorial(n):\n    return 1 if n <= 1 else n * factorial(n - 1)\n"
 
 
 def test_code_form_and_tests_are_separate_columns():
-    r = score_item(PLAIN, GOOD)
+    r = score_item(PLAIN, GOOD, allow_code_execution=True)
     assert r["scores"] == {"code.tests": 1.0, "code.form": 1.0} and r["reason"].startswith("tests ran to their end")
-    fenced = score_item(PLAIN, f"```python\n{GOOD}```")
+    fenced = score_item(PLAIN, f"```python\n{GOOD}```", allow_code_execution=True)
     assert fenced["scores"] == {"code.tests": 1.0, "code.form": 0.0} and "fenced although PLAINFORMAT" in \
         fenced["reason"]
     # without PLAINFORMAT in the prompt, fences are fine
-    assert score_item(_code_item("Write factorial(n)."), f"```python\n{GOOD}```")["scores"]["code.form"] == 1.0
+    free = score_item(_code_item("Write factorial(n)."), f"```python\n{GOOD}```", allow_code_execution=True)
+    assert free["scores"] == {"code.tests": 1.0, "code.form": 1.0}
     # the example: a factorial with no base case has the right form and fails its tests
-    wrong = score_item(PLAIN, "def factorial(n):\n    return n * factorial(n - 1)\n")
+    wrong = score_item(PLAIN, "def factorial(n):\n    return n * factorial(n - 1)\n", allow_code_execution=True)
     assert wrong["scores"] == {"code.tests": 0.0, "code.form": 1.0} and wrong["status"] == "failed"
-    broken = score_item(PLAIN, "def factorial(n)\n    return 1\n")
+    broken = score_item(PLAIN, "def factorial(n)\n    return 1\n", allow_code_execution=True)
     assert broken["scores"] == {"code.tests": 0.0, "code.form": 0.0} and broken["status"] == "not run"
     assert "does not parse" in broken["reason"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the i14-sandbox change: tests must be proven to run to their end "
-                   "(completion token / answer imported as a module); remove this mark when it lands")
 def test_a_program_that_exits_0_before_its_tests_does_not_pass():
-    r = score_item(PLAIN, "import sys\n\ndef factorial(n):\n    return 0\n\nsys.exit(0)\n")
-    assert r["scores"]["code.tests"] == 0.0
+    # the sandbox imports the answer as a module and the tests must reach its per-run token (i14-sandbox)
+    r = score_item(PLAIN, "import sys\n\ndef factorial(n):\n    return 0\n\nsys.exit(0)\n",
+                   allow_code_execution=True)
+    assert r["scores"] == {"code.tests": 0.0, "code.form": 1.0} and r["status"] != "passed", r
+    assert r["reason"].startswith("tests ")
 
 
 def _run_dir(tmp_path: Path) -> Path:
@@ -179,12 +181,7 @@ def test_report_shows_cite_abstain_invented_side_by_side_with_counts(tmp_path):
 
 
 def test_code_whose_tests_may_not_run_keeps_its_form_and_is_unscored_for_tests(tmp_path, monkeypatch):
-    from chatsmith.eval import metrics
-
-    def refuse(*a, **k):
-        raise metrics.Unscored("code execution not allowed")
-
-    monkeypatch.setattr(metrics, "run_code_tests", refuse)
+    monkeypatch.delenv("CHATSMITH_ALLOW_CODE_EXECUTION", raising=False)  # not opted in: the tests do not run
     r = score_item(PLAIN, GOOD)
     assert r["scores"] == {"code.form": 1.0} and r["unscored_figures"] == {"code.tests": "code execution not allowed"}
     d = tmp_path / "run"

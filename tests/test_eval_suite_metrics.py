@@ -81,9 +81,10 @@ def test_bad_suite_lines_name_file_line_and_field(tmp_path):
 def test_reference_solutions_pass_their_tests_and_wrong_code_fails():
     code = load_suite("code")
     with ThreadPoolExecutor(2) as pool:
-        good = list(pool.map(lambda it: score_item(it, f"Here:\n```python\n{it.reference}```\nDone."), code))
+        good = list(pool.map(lambda it: score_item(it, f"Here:\n```python\n{it.reference}```\nDone.",
+                                                     allow_code_execution=True), code))
     assert [g["score"] for g in good] == [1.0] * len(code), [g for g in good if g["score"] != 1.0]
-    bad = score_item(code[0], "```python\ndef fib(n):\n    return 1\n```")
+    bad = score_item(code[0], "```python\ndef fib(n):\n    return 1\n```", allow_code_execution=True)
     assert bad["score"] == 0.0 and bad["status"] == "failed" and "AssertionError" in bad["stderr"]
 
 

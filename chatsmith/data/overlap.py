@@ -46,7 +46,9 @@ _SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(_DELIMITER.sub(" ", text).lower())
+    if "INPUT" in text or "CONTEXT" in text or "INSTRUCTION" in text:  # skip the regex pass when it cannot match
+        text = _DELIMITER.sub(" ", text)
+    return _WORD.findall(text.lower())
 
 
 @dataclass
@@ -116,7 +118,9 @@ def training_files(paths: Iterable[str | Path]) -> list[Path]:
     for spec in paths:
         p = Path(spec).expanduser()
         if p.is_dir():
-            found = sorted({f for pat in TRAIN_PATTERNS for f in p.rglob(pat) if f.is_file()})
+            # hidden files are temporaries (a prepare spool, an atomic write in progress), not training data
+            found = sorted({f for pat in TRAIN_PATTERNS for f in p.rglob(pat)
+                            if f.is_file() and not any(x.startswith(".") for x in f.relative_to(p).parts)})
             if not found:
                 raise ChatsmithError(f"{p}: no training files ({', '.join(TRAIN_PATTERNS)}) in this folder")
             files += found

@@ -4,7 +4,7 @@ Python API (what `chatsmith eval ...` runs):
 
     from chatsmith.eval import answer_suite, judge, score_automatic, write_report
     answer_suite({"base": "smollm2", "tuned": "smollm2+out/lora"}, "contextual", "runs/eval")
-    score_automatic("runs/eval")                 # exact match, code in a sandbox, chrF, context obedience
+    score_automatic("runs/eval")                 # exact match, code tests + form, chrF, context.cite/abstain/invented
     judge("runs/eval", "smollm2", mode="multi")  # a local judge served in-process, or an http(s) endpoint
     write_report("runs/eval")                    # report/report.md, report.html, scores.png
 """

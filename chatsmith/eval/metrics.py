@@ -309,18 +309,23 @@ def code_form(item: SuiteItem, answer: str, code: str) -> tuple[bool, str]:
     return True, "plain and parses" if "PLAINFORMAT" in item.question_text() else "parses"
 
 
-def run_code_tests(item: SuiteItem, code: str, *, timeout: float, memory_mb: int) -> dict[str, Any]:
+def run_code_tests(item: SuiteItem, code: str, *, timeout: float, memory_mb: int,
+                   allow_code_execution: bool | None = None) -> dict[str, Any]:
     """Run the item's tests against the answer's code in the sandbox -> {passed, status, seconds, stderr}.
     The one place scoring calls the sandbox: how the code is isolated, imported and proven to have run its
-    tests to the end is the sandbox's business (chatsmith/eval/sandbox.py). Raise Unscored when it cannot run."""
-    from chatsmith.eval.sandbox import run_python
+    tests to the end is the sandbox's business (chatsmith/eval/sandbox.py). Code runs only with
+    allow_code_execution (None: CHATSMITH_ALLOW_CODE_EXECUTION); else, and whenever it cannot run, Unscored."""
+    from chatsmith.eval.sandbox import NOT_ALLOWED, execution_allowed, run_python
 
-    prog = code + "\n\n" + (item.tests or "") + "\n"
-    r = run_python(prog, timeout=timeout, memory_mb=memory_mb)
-    return {"passed": r.passed, "status": r.status, "seconds": round(r.seconds, 3), "stderr": r.stderr[-500:]}
+    if not execution_allowed(allow_code_execution):
+        raise Unscored(NOT_ALLOWED)
+    r = run_python(code, item.tests or "", timeout=timeout, memory_mb=memory_mb)
+    return {"passed": r.passed, "status": r.status, "seconds": round(r.seconds, 3), "isolation": r.isolation,
+            "stderr": r.stderr[-500:]}
 
 
-def score_code(item: SuiteItem, answer: str, *, code_timeout: float, memory_mb: int) -> dict[str, Any]:
+def score_code(item: SuiteItem, answer: str, *, code_timeout: float, memory_mb: int,
+               allow_code_execution: bool | None = None) -> dict[str, Any]:
     code = extract_code(answer, item.entry_point)
     form_ok, form_why = code_form(item, answer, code)
     if not answer.strip():
@@ -329,7 +334,8 @@ def score_code(item: SuiteItem, answer: str, *, code_timeout: float, memory_mb: 
         run = {"passed": False, "status": "not run", "stderr": ""}
     else:
         try:
-            run = run_code_tests(item, code, timeout=code_timeout, memory_mb=memory_mb)
+            run = run_code_tests(item, code, timeout=code_timeout, memory_mb=memory_mb,
+                                 allow_code_execution=allow_code_execution)
         except Unscored as e:  # e.g. code execution not allowed: the form is still scored, the tests are not
             return {"metric": "code", "score": None, "scores": {"code.form": float(form_ok)},
                     "unscored_figures": {"code.tests": str(e)}, "class": "unscored",
@@ -377,23 +383,28 @@ def figures_of(item: SuiteItem) -> list[str]:
     return [name]
 
 
-def score_item(item: SuiteItem, answer: str, *, code_timeout: float = 5.0, memory_mb: int = 512) -> dict[str, Any]:
+def score_item(item: SuiteItem, answer: str, *, code_timeout: float = 5.0, memory_mb: int = 512,
+               allow_code_execution: bool | None = None) -> dict[str, Any]:
     """{metric, score (the item's main figure: 0-1, chrF 0-100; None when unscored), scores {figure: value},
-    ...details}; "unscored": reason when the metric cannot be computed; {} when the item has no metric."""
+    ...details}; "unscored": reason when the metric cannot be computed; {} when the item has no metric.
+    Code runs only with allow_code_execution (None: CHATSMITH_ALLOW_CODE_EXECUTION); else its tests are unscored."""
     name = metric_name(item)
     if name is None:
         return {}
     try:
-        out = _score(name, item, answer, code_timeout=code_timeout, memory_mb=memory_mb)
+        out = _score(name, item, answer, code_timeout=code_timeout, memory_mb=memory_mb,
+                     allow_code_execution=allow_code_execution)
     except Unscored as e:
         return {"metric": name, "score": None, "scores": {}, "unscored": str(e)}
     out.setdefault("scores", {name: out["score"]})
     return out
 
 
-def _score(name: str, item: SuiteItem, answer: str, *, code_timeout: float, memory_mb: int) -> dict[str, Any]:
+def _score(name: str, item: SuiteItem, answer: str, *, code_timeout: float, memory_mb: int,
+           allow_code_execution: bool | None) -> dict[str, Any]:
     if name == "code":
-        return score_code(item, answer, code_timeout=code_timeout, memory_mb=memory_mb)
+        return score_code(item, answer, code_timeout=code_timeout, memory_mb=memory_mb,
+                          allow_code_execution=allow_code_execution)
     if name == "context":
         return score_context(item, answer)
     if name == "math":
@@ -440,11 +451,17 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memory_mb: int = 512,
-                    workers: int = 2) -> dict[str, Any]:
+                    workers: int = 2, allow_code_execution: bool | None = None) -> dict[str, Any]:
     """Score every answer in `answers_dir` with its item's automatic metric. Writes DIR/metrics.jsonl (one row
     per system x item that has a metric, unscored ones with their reason) and DIR/metrics.json
     ({"figures": [per system/suite/category/figure: mean, n, unscored], "unscored": [rows], "failed_answers",
-    "definitions"}), which it returns."""
+    "definitions", "code_execution": {allowed, isolation}}), which it returns. Model-written code runs only with
+    allow_code_execution (None: CHATSMITH_ALLOW_CODE_EXECUTION); else code.tests is unscored, code.form still
+    scored."""
+    from chatsmith.eval import sandbox
+
+    allowed = sandbox.execution_allowed(allow_code_execution)
+    isolation = sandbox.choose_isolation() if allowed else None  # refuses (as root) without a working one
     d = Path(answers_dir)
     items, answers = load_answers(d)
     jobs, unscored = [], []
@@ -462,7 +479,8 @@ def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memor
 
     def run(job):
         sysname, it, ans = job
-        return _row(sysname, it, score_item(it, ans, code_timeout=code_timeout, memory_mb=memory_mb))
+        return _row(sysname, it, score_item(it, ans, code_timeout=code_timeout, memory_mb=memory_mb,
+                                            allow_code_execution=allowed))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         rows_out = list(pool.map(run, jobs)) + unscored
@@ -475,6 +493,7 @@ def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memor
            for r in rows_out for f, why in r.get("unscored_figures", {}).items()],
         "failed_answers": sum(1 for r in unscored),
         "definitions": DEFINITIONS,
+        "code_execution": {"allowed": allowed, "isolation": isolation},
     }
     write_atomic(d / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.eval.answer import load_answers, read_jsonl_lenient, write_atomic
+from chatsmith.eval.metrics import (CODE_FIGURES, CONTEXT_FIGURES, DEFINITIONS, FEW_ITEMS, LOWER_IS_BETTER,
+                                     score_automatic)
+from chatsmith.eval.sandbox import NOT_ALLOWED
 from chatsmith.eval.suite import CATEGORY_TITLES
 
 Table = dict[str, Any]  # {"title", "columns", "rows": [[cells]], "notes": [str]}
@@ -151,16 +154,12 @@ def _scale(figure: str, mean: float | None) -> float | None:
 
 def _n_cell(ns: list[int]) -> str:
     """Item count(s) of a row; marks a figure over fewer than FEW_ITEMS items."""
-    from chatsmith.eval.metrics import FEW_ITEMS
-
     text = (str(ns[0]) if len(set(ns)) == 1 else " / ".join(map(str, ns))) if ns else "0"
     return text + (f" (<{FEW_ITEMS})" if not ns or min(ns) < FEW_ITEMS else "")
 
 
 def _figure_keys(m: dict) -> list[tuple[str, str]]:
     """(suite, figure) in run order of suites; within a suite cite, abstain, invented, other, tests, form, rest."""
-    from chatsmith.eval.metrics import CODE_FIGURES, CONTEXT_FIGURES
-
     first = CONTEXT_FIGURES + CODE_FIGURES
     keys = list(dict.fromkeys((f["suite"] or f["category"], f["figure"]) for f in m["figures"]))
     suites = list(dict.fromkeys(k[0] for k in keys))
@@ -191,8 +190,6 @@ def _unscored_notes(m: dict, prefix: str | None) -> list[str]:
 
 
 def _few_note(rows: list[list[str]]) -> list[str]:
-    from chatsmith.eval.metrics import FEW_ITEMS
-
     if any(f"(<{FEW_ITEMS})" in c for r in rows for c in r):
         return [f"(<{FEW_ITEMS}): fewer than {FEW_ITEMS} items in this run: too few to tell systems apart."]
     return []
@@ -200,8 +197,6 @@ def _few_note(rows: list[list[str]]) -> list[str]:
 
 def context_table(m: dict, systems: list[str]) -> Table | None:
     """Closed context, one row per suite and system: cite | abstain | invented | other, with their item counts."""
-    from chatsmith.eval.metrics import DEFINITIONS
-
     suites = _suites_with(m, "context.")
     if not suites:
         return None
@@ -228,8 +223,6 @@ def context_table(m: dict, systems: list[str]) -> Table | None:
 
 def code_table(m: dict, systems: list[str]) -> Table | None:
     """Code, one row per suite and system: unit tests passed beside form (no fences when asked, parses)."""
-    from chatsmith.eval.metrics import DEFINITIONS
-
     suites = _suites_with(m, "code.")
     if not suites:
         return None
@@ -244,6 +237,10 @@ def code_table(m: dict, systems: list[str]) -> Table | None:
     notes = ["tests passed = " + DEFINITIONS["code.tests"] + " (the only pass); form ok = "
              + DEFINITIONS["code.form"] + " (reported on its own, never a pass)."]
     notes += _few_note(body) + _unscored_notes(m, "code.")
+    if any(NOT_ALLOWED in f.get("unscored_reasons", {}) for f in m["figures"]):
+        notes.append("Code execution was not allowed: opt in with --allow-code-execution to run the tests.")
+    if (m.get("code_execution") or {}).get("isolation"):
+        notes.append(f"Model-written code ran isolated by: {m['code_execution']['isolation']}.")
     return {"title": "Code: unit tests passed / form (%)",
             "columns": ["Suite", "System", "tests passed", "form ok", "Items", "Unscored"], "rows": body,
             "notes": notes}
@@ -275,8 +272,6 @@ def metrics_table(m: dict, systems: list[str]) -> Table | None:
 def skill_table(m: dict, systems: list[str]) -> str:
     """The per-skill figures as plain text, systems side by side, each row with its item count (printed by
     quickstart and bench/outcome.py)."""
-    from chatsmith.eval.metrics import FEW_ITEMS, LOWER_IS_BETTER
-
     idx = _index(m)
     keys = _figure_keys(m)
     lines = [f"{'skill':<31} {'suite':<22} {'items':>10} " + " ".join(f"{s:>9}" for s in systems)]
@@ -438,8 +433,6 @@ def write_report(answers_dir: str | Path, output_dir: str | Path | None = None, 
 
 def _metric_chart(m: dict, systems: list[str]) -> dict:
     """One bar group per figure and suite, labelled with its item count; chrF (0-100) is left out of a % chart."""
-    from chatsmith.eval.metrics import LOWER_IS_BETTER
-
     chart: dict[str, dict[str, tuple[float, float | None]]] = {}
     idx = _index(m)
     keys = [k for k in _figure_keys(m) if k[1] != "chrf"]
@@ -457,15 +450,16 @@ def configure_report(p) -> None:
     p.add_argument("--answers", required=True, help="answers directory (with judgments/metrics/human.json)")
     p.add_argument("--output", help="report directory (default: ANSWERS/report)")
     p.add_argument("--metrics", action="store_true", help="compute the automatic metrics first")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="run the answers' code against the tests (isolated; also CHATSMITH_ALLOW_CODE_EXECUTION=1); "
+                        "without it code items are reported unscored")
     p.add_argument("--title", default="chatsmith eval")
 
 
 def run_report(args) -> int:
     mpath = Path(args.answers) / "metrics.json"
     if args.metrics or not mpath.is_file() or "figures" not in json.loads(mpath.read_text(encoding="utf-8")):
-        from chatsmith.eval.metrics import score_automatic
-
-        score_automatic(args.answers)
+        score_automatic(args.answers, allow_code_execution=args.allow_code_execution or None)
     paths = write_report(args.answers, args.output, args.title)
     for kind, p in paths.items():
         print(f"{kind}: {p}")
