@@ -35,7 +35,8 @@ class Settings:
     judge_limit: int = 6
     max_new_tokens: int = 96
     gguf_type: str = "q8_0"
-    suites: list[str] = field(default_factory=lambda: ["heldout_contextual", "contextual", "math"])
+    # the held-out suites bundled with the sample data (data/samples/heldout_*.jsonl), then bundled eval suites
+    suites: list[str] = field(default_factory=lambda: ["heldout_contextual", "heldout_code", "contextual"])
 
 
 FULL = Settings()
@@ -64,7 +65,7 @@ class Stages:
 
 def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, model: str = "smollm2",
                force: bool = False, gguf_type: str | None = None) -> dict:
-    from chatsmith.data import format_table, heldout_contextual, prepare, sample_files
+    from chatsmith.data import format_table, heldout_code, heldout_contextual, prepare, sample_files
 
     s = FAST if fast else FULL
     gguf_type = gguf_type or s.gguf_type
@@ -113,7 +114,8 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
 
         systems = {"base": model, "tuned": str(merged)}
         eval_dir = out / "eval"
-        suites = [str(heldout_contextual()) if name == "heldout_contextual" else name for name in s.suites]
+        heldout = {"heldout_contextual": heldout_contextual(), "heldout_code": heldout_code()}
+        suites = [str(heldout.get(name, name)) for name in s.suites]
         for suite in suites:
             answer_suite(systems, suite, eval_dir, limit=s.eval_limit, max_new_tokens=s.max_new_tokens,
                          temperature=0.0, batch_size=16)

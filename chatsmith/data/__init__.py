@@ -27,13 +27,21 @@ def sample_files() -> list[Path]:
 
 
 def heldout_contextual() -> Path:
-    """30 closed-context eval items over entities no training row mentions: {id, category, prompt, reference,
-    answer_span, source, answerable, documents}."""
+    """48 closed-context eval items (20 unanswerable) over entities, facts and wordings no training row has:
+    {id, category, prompt, reference, answer_span, source, answerable, question_kind, subject, documents}."""
     from chatsmith.data.samples.make_samples import HELDOUT_FILE
 
     return samples_dir() / HELDOUT_FILE
 
 
+def heldout_code() -> Path:
+    """PLAINFORMAT Python eval items with unit tests, for other functions than the training rows ask for."""
+    from chatsmith.data.samples.make_samples import HELDOUT_CODE_FILE
+
+    return samples_dir() / HELDOUT_CODE_FILE
+
+
 __all__ = ["FORMATS", "get_format", "read_conversations", "write_conversations", "prepare", "TooManyDropped",
            "format_table",
-           "SourceSpec", "parse_input", "read_source", "samples_dir", "sample_files", "heldout_contextual"]
+           "SourceSpec", "parse_input", "read_source", "samples_dir", "sample_files", "heldout_contextual",
+           "heldout_code"]

@@ -4,17 +4,23 @@
 
 Deterministic (fixed seeds): running it again writes the same bytes. Files, each in a format prepare reads:
 
-  contextual.jsonl          airoboros {instruction, response, category, system?}: closed-context questions over
-                            1-3 made-up documents (BEGININPUT ... ENDINSTRUCTION); the answer is the sentence of
-                            the document that holds it, then "Source:" and that document's metadata lines; when
-                            no document holds the answer, the answer says so and cites nothing
+  contextual.jsonl          airoboros {instruction, response, category}: closed-context questions over 1-3
+                            made-up documents (BEGININPUT ... ENDINSTRUCTION), written by closed_context.py; the
+                            answer is the sentence of the document that holds it, then "Source:" and that
+                            document's metadata lines; 45% ask what no document holds (a missing fact, a person
+                            or place named but not described, an opinion, an entity no document describes, a fact
+                            another document gives about another entity) and the answer says so, citing nothing
   instructions_en.jsonl     airoboros: trivia, multiple choice ("C, Pluto"), jokes, riddles, anagrams, word
-                            lists, and coding answers in PLAINFORMAT (the answer is only code)
+                            lists, and coding answers in PLAINFORMAT (the answer is only code; the Python ones
+                            come from plainformat.py, where each has unit tests)
   instructions_zh.jsonl     alpaca {instruction, input, output}, DreamerGPT-style Chinese rows
   multiturn.jsonl           sharegpt {conversations: [{from, value}]}: English and Chinese multi-turn chats
   chat_openai.jsonl         openai {messages}: rows with a system prompt
-  heldout_contextual.jsonl  NOT training data: 30 closed-context eval items {id, category, prompt, reference,
-                            source, answerable, documents} over entities that appear in no training row
+  heldout_contextual.jsonl  NOT training data: 48 closed-context eval items (20 unanswerable) {id, category,
+                            prompt, reference, answer_span, source, answerable, question_kind, documents} from
+                            closed_context's held-out world (its own names, kinds of entity, facts and wordings)
+  heldout_code.jsonl        NOT training data: PLAINFORMAT Python eval items with unit tests, asking for other
+                            functions than the training rows
 """
 
 from __future__ import annotations
@@ -25,178 +31,16 @@ import sys
 from pathlib import Path
 
 from chatsmith.context import Document, build_context
+from chatsmith.data.samples import closed_context
+from chatsmith.data.samples.plainformat import TRAIN_PYTHON, heldout_code_items
 
 HERE = Path(__file__).parent
 TRAIN_FILES = ("contextual.jsonl", "instructions_en.jsonl", "instructions_zh.jsonl", "multiturn.jsonl",
                "chat_openai.jsonl")
 HELDOUT_FILE = "heldout_contextual.jsonl"
-
-# ---- made-up entities for closed-context questions ------------------------------------------------------
-_SYL = ["ka", "lo", "ven", "tor", "mi", "sa", "rel", "dun", "qua", "bri", "zel", "mor", "ta", "fen", "lix", "ora",
-        "pel", "gru", "sto", "vin", "dra", "nel", "cor", "hul", "ist", "jam", "wex", "yor", "plin", "tesk"]
-_FIRST = ["Mara", "Tobin", "Elsa", "Iker", "Nadia", "Oskar", "Priya", "Rufus", "Selma", "Teodor", "Una", "Viktor",
-          "Wren", "Yusuf", "Zora", "Anouk", "Bram", "Cleo", "Dario", "Edda", "Faris", "Greta", "Hiro", "Ilse"]
-_COLORS = ["green", "orange", "violet", "silver", "crimson", "teal", "amber", "indigo", "golden", "turquoise"]
-_ANIMALS = ["heron", "otter", "lynx", "badger", "falcon", "tortoise", "salamander", "moth", "ibis", "marten"]
-_PRODUCTS = ["solar kettles", "folding bicycles", "water filters", "paper batteries", "wind chimes", "smart hinges",
-             "ceramic drones", "moss lamps", "glass keyboards", "cork helmets"]
-_DISHES = ["smoked pear soup", "barley pancakes", "honey dumplings", "saffron bread", "pickled plum tarts",
-           "chestnut stew", "mint noodles", "fig fritters"]
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December"]
-_HABITATS = ["cloud forests", "salt marshes", "limestone caves", "alpine meadows", "mangrove swamps", "river deltas"]
-_DIETS = ["beetles", "wild figs", "algae", "snails", "pine seeds", "nectar"]
-_SECTIONS = ["news", "science", "business", "culture", "blog", "articles", "reports", "local"]
-_TLDS = ["com", "net", "org", "news", "info"]
-
-
-def _name(rng: random.Random, parts: int = 2) -> str:
-    return "".join(rng.choice(_SYL) for _ in range(parts)).capitalize()
-
-
-def _person(rng: random.Random) -> str:
-    return f"{rng.choice(_FIRST)} {_name(rng, rng.choice([2, 3]))}"
-
-
-def _entity(rng: random.Random, taken: set[str]) -> dict:
-    """A made-up entity: its kind, name and facts, each fact a sentence that states it and a question."""
-    while True:
-        kind = rng.choice(["company", "species", "festival", "invention"])
-        base = _name(rng, rng.choice([2, 3]))
-        name = {"company": f"{base} {rng.choice(['Labs', 'Industries', 'Robotics', 'Foods', 'Textiles'])}",
-                "species": f"the {base} {rng.choice(['frog', 'beetle', 'finch', 'gecko', 'snail'])}",
-                "festival": f"the {base} Festival",
-                "invention": f"the {base} {rng.choice(['engine', 'loom', 'compass', 'lantern', 'pump'])}"}[kind]
-        if base not in taken:  # unique by base name, so held-out entities share nothing with training ones
-            taken.add(base)
-            break
-    town, person, year = _name(rng, 2) + rng.choice(["ville", "burg", " Falls", "port", "ford"]), _person(rng), \
-        rng.randint(1820, 2021)
-    N = name[0].upper() + name[1:]
-    color, animal = rng.choice(_COLORS), rng.choice(_ANIMALS)
-    # fact -> (sentence that states it, question, answer span, what "does not say" names when it is missing)
-    if kind == "company":
-        p, n = rng.choice(_PRODUCTS), rng.randint(12, 9000)
-        facts = {
-            "founded": (f"{N} was founded in {year}.", f"When was {name} founded?", str(year),
-                        f"when {name} was founded"),
-            "founder": (f"{N} was started by {person}.", f"Who started {name}?", person, f"who started {name}"),
-            "city": (f"{N} is headquartered in {town}.", f"Where is {name} headquartered?", town,
-                     f"where {name} is headquartered"),
-            "product": (f"The best-known products of {name} are {p}.", f"What are the best-known products of {name}?",
-                        p, f"what {name} is known for making"),
-            "mascot": (f"The mascot of {name} is a {color} {animal}.", f"What is the mascot of {name}?",
-                       f"{color} {animal}", f"what the mascot of {name} is"),
-            "staff": (f"{N} employs {n} people.", f"How many people does {name} employ?", str(n),
-                      f"how many people {name} employs"),
-        }
-    elif kind == "species":
-        h, d = rng.choice(_HABITATS), rng.choice(_DIETS)
-        facts = {
-            "found": (f"{N} was first described in {year}.", f"When was {name} first described?", str(year),
-                      f"when {name} was first described"),
-            "founder": (f"{N} was discovered by {person}.", f"Who discovered {name}?", person,
-                        f"who discovered {name}"),
-            "city": (f"{N} lives only in the {h} near {town}.", f"Where does {name} live?", f"{h} near {town}",
-                     f"where {name} lives"),
-            "color": (f"Adults of {name} are bright {color}.", f"What color are adults of {name}?", color,
-                      f"what color {name} is"),
-            "diet": (f"{N} feeds mostly on {d}.", f"What does {name} feed on?", d, f"what {name} eats"),
-        }
-    elif kind == "festival":
-        m, d = rng.choice(_MONTHS), rng.choice(_DISHES)
-        facts = {
-            "founded": (f"{N} was first held in {year}.", f"When was {name} first held?", str(year),
-                        f"when {name} was first held"),
-            "founder": (f"{N} was started by {person}.", f"Who started {name}?", person, f"who started {name}"),
-            "city": (f"{N} takes place every {m} in {town}.", f"Where and when does {name} take place?",
-                     f"every {m} in {town}", f"where or when {name} takes place"),
-            "dish": (f"The traditional dish of {name} is {d}.", f"What is the traditional dish of {name}?", d,
-                     f"what the traditional dish of {name} is"),
-            "mascot": (f"The symbol of {name} is a {color} {animal}.", f"What is the symbol of {name}?",
-                       f"{color} {animal}", f"what the symbol of {name} is"),
-        }
-    else:
-        w = rng.randint(2, 400)
-        facts = {
-            "founded": (f"{N} was invented in {year}.", f"When was {name} invented?", str(year),
-                        f"when {name} was invented"),
-            "founder": (f"{N} was invented by {person}.", f"Who invented {name}?", person, f"who invented {name}"),
-            "city": (f"The first prototype of {name} was built in {town}.",
-                     f"Where was the first prototype of {name} built?", town,
-                     f"where the first prototype of {name} was built"),
-            "weight": (f"The original model of {name} weighed {w} kilograms.",
-                       f"How much did the original model of {name} weigh?", f"{w} kilograms",
-                       f"how much the original model of {name} weighed"),
-            "color": (f"{N} was painted {color} to make it easy to spot.", f"What color was {name} painted?", color,
-                      f"what color {name} was painted"),
-        }
-    return {"kind": kind, "name": name, "facts": facts}
-
-
-def _document(rng: random.Random, ent: dict, keys: list[str]) -> Document:
-    date = f"{rng.randint(2015, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-    site = _name(rng, 2).lower()
-    url = f"https://{site}.{rng.choice(_TLDS)}/{rng.choice(_SECTIONS)}/{rng.randint(100, 99999)}"
-    meta = {"date": date, "url": url}
-    extra = rng.random()
-    if extra < 0.35:
-        meta["author"] = _person(rng)
-    elif extra < 0.6:
-        meta["title"] = f"{rng.choice(['Notes on', 'All about', 'A short history of', 'Meet'])} {ent['name']}"
-    text = " ".join(ent["facts"][k][0] for k in keys)
-    return Document(text, meta)
-
-
-def _cite(meta: dict) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in meta.items())
-
-
-_ASK = ["{q}", "{q} Source?", "{q} Cite your source.", "{q} Please provide a reference.",
-        "{q}\nDon't make up answers if you don't know."]
-
-
-def contextual_rows(rng: random.Random, n: int, taken: set[str], *, heldout: bool = False) -> list[dict]:
-    """Closed-context QA: the answer is one sentence of one document, then its source. About one in six
-    questions asks for a fact no document has; the answer says so."""
-    pool = [_entity(rng, taken) for _ in range(max(8, n // 2))]
-    rows = []
-    for i in range(n):
-        ent = pool[i % len(pool)] if i < len(pool) else rng.choice(pool)
-        keys = list(ent["facts"])
-        answerable = rng.random() > 0.17
-        shown = rng.sample(keys, k=min(len(keys), rng.randint(3, 4)))
-        if answerable:
-            target = rng.choice(shown)
-        else:
-            hidden = [k for k in keys if k not in shown]
-            if not hidden:
-                shown = shown[:-1]
-                hidden = [k for k in keys if k not in shown]
-            target = rng.choice(hidden)
-        shown.sort(key=keys.index)
-        doc = _document(rng, ent, shown)
-        others = [e for e in pool if e is not ent]
-        distractors = [_document(rng, e, rng.sample(list(e["facts"]), 3))
-                       for e in rng.sample(others, rng.randint(0, 2))]
-        docs = distractors[:]
-        docs.insert(rng.randint(0, len(docs)), doc)
-        sentence, question, span, missing = ent["facts"][target]
-        prompt = build_context(docs, rng.choice(_ASK).format(q=question))
-        if answerable:
-            answer = f"{sentence}\nSource:\n{_cite(doc.metadata)}"
-        else:
-            answer = f"The provided context does not say {missing}."
-        if heldout:
-            rows.append({"id": f"ctx-heldout-{i + 1:02d}", "category": "contextual", "prompt": prompt,
-                         "reference": answer, "answer_span": span if answerable else None,
-                         "source": doc.metadata if answerable else None, "answerable": answerable,
-                         "documents": [{"metadata": d.metadata, "text": d.text} for d in docs]})
-        else:
-            rows.append({"id": f"ctx-{i + 1:03d}", "instruction": prompt, "response": answer,
-                         "category": "contextual"})
-    return rows
-
+HELDOUT_CODE_FILE = "heldout_code.jsonl"
+N_CONTEXTUAL = 300                    # training rows (plus the model card's blueberry example)
+N_HELDOUT, N_HELDOUT_UNANSWERABLE = 48, 20
 
 BLUEBERRIES = {
     "id": "ctx-blueberries", "category": "contextual",
@@ -262,22 +106,10 @@ WORDS = {"EN": ["Endlessly", "Enthusiastically", "Enormously", "Enveloping", "En
          "PRE": ["Prepare", "Predict", "Present", "Prevent", "Preview", "Premium", "Prefer"],
          "TR": ["Travel", "Treasure", "Triangle", "Trust", "Tribute", "Tropical", "Trumpet"]}
 
-CODE = [
-    ("Write a Python function that returns the sum of a list of numbers.",
-     "def total(numbers):\n    result = 0\n    for n in numbers:\n        result += n\n    return result"),
-    ("Write a Python function that reverses a string.", "def reverse(text):\n    return text[::-1]"),
-    ("Write a Python function that checks whether a number is prime.",
-     "def is_prime(n):\n    if n < 2:\n        return False\n    i = 2\n    while i * i <= n:\n        if n % i == 0:\n"
-     "            return False\n        i += 1\n    return True"),
-    ("Write a Python function that counts the vowels in a string.",
-     "def count_vowels(text):\n    return sum(1 for ch in text.lower() if ch in \"aeiou\")"),
-    ("Write a Python function that returns the n-th Fibonacci number.",
-     "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"),
+# PLAINFORMAT answers in other languages than Python (which plainformat.TRAIN_PYTHON holds, with tests)
+OTHER_CODE = [
     ("Write a Python script that reads a text file and prints the number of lines.",
      "import sys\n\nwith open(sys.argv[1], encoding=\"utf-8\") as f:\n    print(sum(1 for _ in f))"),
-    ("Write a Python function that removes duplicates from a list while keeping the order.",
-     "def unique(items):\n    seen = set()\n    out = []\n    for item in items:\n        if item not in seen:\n"
-     "            seen.add(item)\n            out.append(item)\n    return out"),
     ("Write a JavaScript function that returns the largest number in an array.",
      "function largest(numbers) {\n  return Math.max(...numbers);\n}"),
     ("Write a JavaScript function that capitalizes the first letter of a string.",
@@ -293,9 +125,8 @@ CODE = [
      "SELECT *\nFROM orders\nORDER BY created_at DESC\nLIMIT 10;"),
     ("Write a Bash script that prints the numbers from 1 to 10.",
      "#!/bin/bash\nfor i in $(seq 1 10); do\n  echo \"$i\"\ndone"),
-    ("Write a Python function that converts Celsius to Fahrenheit.",
-     "def celsius_to_fahrenheit(celsius):\n    return celsius * 9 / 5 + 32"),
 ]
+CODE = [(q, code) for q, code, _ in TRAIN_PYTHON] + OTHER_CODE
 
 
 def english_rows(rng: random.Random) -> list[dict]:
@@ -459,16 +290,24 @@ def openai_rows(rng: random.Random) -> list[dict]:
 
 
 # ---- writing ------------------------------------------------------------------------------------------
+def closed_context_sets() -> tuple[list[dict], list[dict], closed_context.World, closed_context.World]:
+    """(training rows, held-out items, training world, held-out world): the worlds know every name they made."""
+    taken: set[str] = set()      # keeps entity names unique across both worlds (their syllables already differ)
+    train_world, heldout_world = closed_context.train_world(), closed_context.heldout_world()
+    ctx = closed_context.train_rows(random.Random(1), N_CONTEXTUAL, taken, train_world) + [BLUEBERRIES]
+    heldout = closed_context.heldout_items(random.Random(2), N_HELDOUT, N_HELDOUT_UNANSWERABLE, taken, heldout_world)
+    return ctx, heldout, train_world, heldout_world
+
+
 def build() -> dict[str, list[dict]]:
-    taken: set[str] = set()
-    ctx = contextual_rows(random.Random(1), 190, taken) + [BLUEBERRIES]
-    heldout = contextual_rows(random.Random(2), 30, taken, heldout=True)  # `taken` keeps the names disjoint
+    ctx, heldout, _, _ = closed_context_sets()
     return {"contextual.jsonl": ctx,
             "instructions_en.jsonl": english_rows(random.Random(3)),
             "instructions_zh.jsonl": chinese_rows(random.Random(4)),
             "multiturn.jsonl": multiturn_rows(random.Random(5)),
             "chat_openai.jsonl": openai_rows(random.Random(6)),
-            HELDOUT_FILE: heldout}
+            HELDOUT_FILE: heldout,
+            HELDOUT_CODE_FILE: heldout_code_items()}
 
 
 def write(out: Path = HERE) -> dict[str, int]:
