@@ -31,7 +31,16 @@ def solo(engine):
     return [engine.generate([c], P)[0] for c in PROMPTS]
 
 
-def test_concurrent_clients_get_their_solo_greedy_answers(engine, solo):
+def test_concurrent_clients_get_their_solo_greedy_answers(engine, solo, monkeypatch):
+    from chatsmith.engine.hf import DecodeBatch
+
+    real_step = DecodeBatch.step
+
+    def paced_step(self):  # the tiny model decodes 16 tokens in ~1 ms a step: pace it so staggered clients overlap
+        time.sleep(0.01)
+        return real_step(self)
+
+    monkeypatch.setattr(DecodeBatch, "step", paced_step)
     sched = Scheduler(engine, max_batch=4, max_queue=16)
     results = [None] * len(PROMPTS)
 
