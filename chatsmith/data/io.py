@@ -48,19 +48,26 @@ def dumps(conv: Conversation) -> str:
     return "".join(parts)
 
 
-def read_conversations(path: str | os.PathLike) -> Iterator[Conversation]:
-    path = Path(path)
-    if not path.is_file():
-        raise ChatsmithError(f"{path}: no such file")
+def json_lines(path: str | os.PathLike, *, error: type[Exception] = ChatsmithError,
+               bad: str = "not valid JSON") -> Iterator[tuple[int, object]]:
+    """(line number, value) for each non-blank line of a JSONL file; a line that does not parse raises `error`
+    naming the file and line (the one strict JSONL reader: conversations, eval suites, overlap)."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
-                raise ChatsmithError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            yield Conversation.from_dict(obj, where=f"{path}:{n}")
+                raise error(f"{path}:{n}: {bad} ({e.msg})") from None
+
+
+def read_conversations(path: str | os.PathLike) -> Iterator[Conversation]:
+    path = Path(path)
+    if not path.is_file():
+        raise ChatsmithError(f"{path}: no such file")
+    for n, obj in json_lines(path, bad="malformed JSON"):
+        yield Conversation.from_dict(obj, where=f"{path}:{n}")
 
 
 def write_conversations(path: str | os.PathLike, convs: Iterable[Conversation]) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.data.files import iter_rows
-from chatsmith.data.io import atomic_open
+from chatsmith.data.io import atomic_open, json_lines
 from chatsmith.data.problems import RowProblem
 from chatsmith.errors import ChatsmithError
 
@@ -86,27 +86,20 @@ def resolve_suite_file(spec: str) -> Path:
 def read_suite_segments(path: Path) -> list[tuple[str, list[str]]]:
     """(item id, text segments) for each line of a suite file: the prompt (or each message) and the reference."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ChatsmithError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "id" not in obj:
-                raise ChatsmithError(f"{path}:{n}: expected a JSON object with an 'id'")
-            segs = []
-            if isinstance(obj.get("prompt"), str):
-                segs.append(obj["prompt"])
-            for m in obj.get("messages") or []:
-                if isinstance(m, dict) and isinstance(m.get("content"), str):
-                    segs.append(m["content"])
-            if isinstance(obj.get("reference"), str):
-                segs.append(obj["reference"])
-            if not segs:
-                raise ChatsmithError(f"{path}:{n}: item {obj['id']!r} has no 'prompt', 'messages' or 'reference'")
-            out.append((str(obj["id"]), segs))
+    for n, obj in json_lines(path):
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise ChatsmithError(f"{path}:{n}: expected a JSON object with an 'id'")
+        segs = []
+        if isinstance(obj.get("prompt"), str):
+            segs.append(obj["prompt"])
+        for m in obj.get("messages") or []:
+            if isinstance(m, dict) and isinstance(m.get("content"), str):
+                segs.append(m["content"])
+        if isinstance(obj.get("reference"), str):
+            segs.append(obj["reference"])
+        if not segs:
+            raise ChatsmithError(f"{path}:{n}: item {obj['id']!r} has no 'prompt', 'messages' or 'reference'")
+        out.append((str(obj["id"]), segs))
     if not out:
         raise ChatsmithError(f"{path}: no items")
     return out

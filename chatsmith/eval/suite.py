@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.conversation import Conversation
+from chatsmith.data.io import json_lines
 from chatsmith.errors import ChatsmithError
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -136,17 +137,7 @@ def item_from_dict(obj: Any, where: str, suite: str = "") -> SuiteItem:
 def read_suite_file(path: Path) -> list[SuiteItem]:
     if not path.is_file():
         raise SuiteError(f"{path}: no such suite file")
-    items: list[SuiteItem] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SuiteError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            items.append(item_from_dict(obj, f"{path}:{n}", suite=path.stem))
-    return items
+    return [item_from_dict(obj, f"{path}:{n}", suite=path.stem) for n, obj in json_lines(path, error=SuiteError)]
 
 
 def bundled_suites() -> dict[str, Path]:
