@@ -128,6 +128,8 @@ def test_recipe_prepares_and_dry_runs(recipe, tiny_root, tmp_path, monkeypatch, 
     capsys.readouterr()
     # the stand-in sets have 12 rows; a recipe's validation count (DreamerGPT's 2000) is for the real sets
     flags = ["--model", str(tiny_llama), "--val-set-size", "1"]
+    if cfg.model == "smollm2":     # the embedded model is here: its bundled rows fit its own tokenizer's lengths
+        flags = flags[2:]
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         flags += ["--precision", "fp32"]
     assert main(["train", str(recipe), "--dry-run", *flags]) == 0
