@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.errors import ChatsmithError
-from chatsmith.eval.sheets import export_sheets, is_sheet, load_key, read_sheet
+from chatsmith.eval.sheets import export_sheets, is_sheet, load_key, parse_score, read_sheet
 
 Key = tuple[str, str]  # (item id, system)
 
@@ -55,13 +55,7 @@ def read_ratings(path: str | Path, key: dict | None = None) -> tuple[dict[Key, f
             for system, raw, col in pairs:
                 if raw == "":
                     continue  # a blank cell is "not rated", not zero
-                try:
-                    v = float(raw)
-                except ValueError:
-                    raise ChatsmithError(f"{p}:{line}: column {col!r}: {raw!r} is not a number") from None
-                if not 0 <= v <= 10:
-                    raise ChatsmithError(f"{p}:{line}: column {col!r}: score {v:g} is outside 0-10")
-                scores[(item, system)] = v
+                scores[(item, system)] = parse_score(raw, f"{p}:{line}", col)
     if not scores:
         raise ChatsmithError(f"{p}: no ratings")
     return scores, cats

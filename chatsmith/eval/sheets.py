@@ -23,6 +23,18 @@ from typing import Any
 
 from chatsmith.errors import ChatsmithError
 
+
+def parse_score(raw: str, where: str, column: str) -> float:
+    """One human score cell: a number from 0 to 10 (rating sheets and plain ratings CSVs read cells alike)."""
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ChatsmithError(f"{where}: column {column!r}: {raw!r} is not a number") from None
+    if not 0 <= v <= 10:
+        raise ChatsmithError(f"{where}: column {column!r}: score {v:g} is outside 0-10")
+    return v
+
+
 KEY_FILE = "human_key.json"
 COLUMNS = ["sheet", "id", "category", "slot", "question", "answer", "score"]
 INSTRUCTIONS = """Rating sheets: score every answer 0-10 in the `score` column (10 = perfect), judging each on its own
@@ -125,12 +137,7 @@ def read_sheet(p: Path, reader: csv.DictReader, key: dict[str, Any] | None
         if raw == "":
             raise ChatsmithError(f"{p}:{line}: no score for item {item!r} answer {slot}; every answer needs a "
                                  "score 0-10")
-        try:
-            v = float(raw)
-        except ValueError:
-            raise ChatsmithError(f"{p}:{line}: column 'score': {raw!r} is not a number") from None
-        if not 0 <= v <= 10:
-            raise ChatsmithError(f"{p}:{line}: column 'score': score {v:g} is outside 0-10")
+        v = parse_score(raw, f"{p}:{line}", "score")
         if (item, system) in scores:
             raise ChatsmithError(f"{p}:{line}: item {item!r} answer {slot} is rated twice")
         scores[(item, system)] = v
