@@ -16,9 +16,11 @@ import openai
 from chatsmith.serve.background import free_port
 
 
-def start_server(model, *extra, env=None):
+def start_server(model, *extra, env=None, entry=("-m", "chatsmith")):
+    """`chatsmith serve` on a free port, once /health answers; `entry` may replace `-m chatsmith` (e.g. `-c CODE`
+    that patches the engine first)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "chatsmith", "serve", "--model", str(model), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, *entry, "serve", "--model", str(model), "--port", str(port),
                              "--model-name", "tiny", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"

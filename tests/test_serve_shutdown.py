@@ -3,16 +3,13 @@ still in flight are cancelled and the process exits 0; a dead engine worker make
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 
-from chatsmith.serve.background import free_port
+from test_serve_cli import start_server
 
 # The server, with the decode step patched first: PACE slows every step (so a stream outlasts the drain
 # deadline on the tiny model), BREAK makes steps fail as a lost GPU does.
@@ -32,22 +29,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def start(model, *extra, env=None):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BOOT, "serve", "--model", str(model), "--port", str(port),
-                             "--model-name", "tiny", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("the server did not start in 120 s")
+    return start_server(model, *extra, env=env, entry=("-c", BOOT))
 
 
 def test_drain_deadline_cancels_what_is_left_and_exits(tiny_llama):
