@@ -22,6 +22,7 @@ from typing import IO, Iterator
 
 from chatsmith.conversation import Conversation, Message
 from chatsmith.engine.base import Engine, SamplingParams
+from chatsmith.engine.options import add_engine_args, engine_from_args
 from chatsmith.errors import ChatsmithError, ContextLengthError
 
 RESET, EXIT = "!!reset", "!!exit"
@@ -33,12 +34,7 @@ def configure_chat(p: argparse.ArgumentParser) -> None:
                 f"a line holding only the end marker, {END_MARKER} by default, sends; blank lines stay in the prompt). "
                 "Commands: !!reset (new conversation), !!exit. Piped stdin: one prompt per line (with --multiline: "
                 "all of it, or each part ending with an end-marker line); only answers are printed.")
-    p.add_argument("--model", default="smollm2", help="smollm2 (default), a model dir, a .gguf file or a hub id")
-    p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="LoRA adapter dir (repeatable)")
-    p.add_argument("--template", default=None,
-                   help="prompt template (default: stored with the model, else the tokenizer's, else the one for "
-                        "the model's name: airoboros, stablelm-tuned-alpha, vicuna, ... (see models.NAME_TEMPLATES), "
-                        "else vicuna_v1.1)")
+    add_engine_args(p)
     p.add_argument("--system", default=None, help="system prompt (default: the template's)")
     p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -51,9 +47,6 @@ def configure_chat(p: argparse.ArgumentParser) -> None:
                    help="a prompt runs to Ctrl-D / end of input, or to a line holding only the end marker")
     p.add_argument("--end-marker", default=END_MARKER, metavar="TEXT",
                    help=f"with --multiline: a line holding only TEXT ends the prompt (default {END_MARKER})")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU/GPU is fast at it), bf16, fp16, fp32")
-    p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (int8 dynamic quantization on CPU)")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
 
 
 class ChatSession:
@@ -98,16 +91,10 @@ class ChatSession:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from chatsmith.engine import load_engine
-
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
     params.validate()
-    if args.adapter and args.backend != "transformers":
-        raise ChatsmithError(f"--adapter works with the transformers backend only (got --backend {args.backend}); "
-                             "merge the adapter first with `chatsmith merge`")
-    kwargs = {"dtype": args.dtype, "load_in_8bit": args.load_in_8bit} if args.backend == "transformers" else {}
-    engine = load_engine(args.model, args.adapter or None, args.template, backend=args.backend, **kwargs)
+    engine = engine_from_args(args)
     session = ChatSession(engine, params, system=args.system, history=not args.no_history)
     interactive = sys.stdin.isatty()
     marker = args.end_marker.strip()

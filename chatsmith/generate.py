@@ -213,24 +213,22 @@ def _generate(engine: Any, out: Path, ready: list[Item], prompts: list[list[int]
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
 def configure_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="smollm2, a model directory, a .gguf file or a hub id")
-    p.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory (repeatable)")
+    from chatsmith.engine.options import add_engine_args
+
+    add_engine_args(p)
     p.add_argument("--input", required=True, type=Path, help=".jsonl/.json/.csv/.parquet of prompts")
     p.add_argument("--output", required=True, type=Path, help="results .jsonl (appended to; resumes by id)")
-    p.add_argument("--template", help="prompt template (default: the one stored with the model)")
     p.add_argument("--system", help="system prompt for rows that have none")
     p.add_argument("--batch-size", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy: reproducible")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
-    p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights: bitsandbytes on a GPU, int8 Linear layers on CPU (transformers backend)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from chatsmith.engine import load_engine
+    from chatsmith.engine.options import engine_options
 
     if args.batch_size < 1:
         raise ChatsmithError("--batch-size must be at least 1")
@@ -242,9 +240,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ChatsmithError(f"--top-p {args.top_p}: use a value in (0, 1]")
     if args.input.resolve() == args.output.resolve():
         raise ChatsmithError(f"--output {args.output} is the input file")
+    options = engine_options(args)      # a backend that cannot honour an option fails before any work
     items = read_items(args.input)      # a bad input fails before the model loads
-    engine = load_engine(args.model, adapters=args.adapter, template=args.template, backend=args.backend,
-                         load_in_8bit=args.load_in_8bit)
+    engine = options.load()
     if args.system is not None:
         engine.template = engine.template.with_system(args.system)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

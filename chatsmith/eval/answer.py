@@ -16,10 +16,11 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from chatsmith.engine.options import EngineOptions, add_engine_args, engine_options
 from chatsmith.errors import ChatsmithError
 from chatsmith.eval.suite import SuiteItem, load_suite
 
@@ -100,12 +101,10 @@ def answers_path(output_dir: Path, system: str) -> Path:
 
 
 def _generate_local(sys_: SystemSpec, items: list[SuiteItem], *, max_new_tokens: int, temperature: float,
-                    batch_size: int, backend: str, template: str | None, seed: int | None, emit,
-                    progress, load_in_8bit: bool = False) -> None:
-    from chatsmith.engine import SamplingParams, load_engine
+                    batch_size: int, options: EngineOptions | None, seed: int | None, emit, progress) -> None:
+    from chatsmith.engine import SamplingParams
 
-    extra = {"load_in_8bit": True} if load_in_8bit and backend == "transformers" else {}
-    engine = sys_.engine or load_engine(sys_.model, sys_.adapters or None, template, backend=backend, **extra)
+    engine = sys_.engine or options.load()
     try:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         # similar lengths in one batch: less padding
@@ -161,11 +160,13 @@ def answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], o
                  max_new_tokens: int = 256, temperature: float = 0.0, batch_size: int = 8,
                  backend: str = "transformers", template: str | None = None, seed: int | None = 0,
                  limit: int | None = None, concurrency: int = 4, timeout: float = 120.0, retries: int = 4,
-                 backoff: float = 1.0, log=None, load_in_8bit: bool = False) -> dict[str, dict[str, int]]:
+                 backoff: float = 1.0, log=None, load_in_8bit: bool = False, dtype: str = "auto"
+                 ) -> dict[str, dict[str, int]]:
     """Generate every system's answers on `suite` into `output_dir` (resumable).
 
     systems: {name: spec} where spec is "MODEL[+ADAPTER...]", "openai:URL#MODEL", a dict
              {model, adapters} / {endpoint}, or a loaded Engine.
+    backend, template, dtype, load_in_8bit: the engine options (engine/options.py) for every local model.
     Returns {name: {"done": n, "new": n, "errors": n, "skipped": n}}.
     """
     from chatsmith.outputs import output_lock
@@ -174,19 +175,23 @@ def answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], o
         return _answer_suite(systems, suite, output_dir, max_new_tokens=max_new_tokens, temperature=temperature,
                              batch_size=batch_size, backend=backend, template=template, seed=seed, limit=limit,
                              concurrency=concurrency, timeout=timeout, retries=retries, backoff=backoff, log=log,
-                             load_in_8bit=load_in_8bit)
+                             load_in_8bit=load_in_8bit, dtype=dtype)
 
 
 def _answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], output_dir: str | Path, *,
                   max_new_tokens: int, temperature: float, batch_size: int, backend: str, template: str | None,
                   seed: int | None, limit: int | None, concurrency: int, timeout: float, retries: int,
-                  backoff: float, log, load_in_8bit: bool) -> dict[str, dict[str, int]]:
+                  backoff: float, log, load_in_8bit: bool, dtype: str) -> dict[str, dict[str, int]]:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(output_dir)
     items = load_suite(suite, limit=limit)
     specs = [to_system(n, s) for n, s in systems.items()]
     if not specs:
         raise ChatsmithError("no systems to answer: give at least one --system NAME=MODEL")
+    # every local model's options, checked before the first one runs
+    base = EngineOptions(template=template, backend=backend, dtype=dtype, load_in_8bit=load_in_8bit)
+    options = {s.name: replace(base, model=s.model, adapters=tuple(s.adapters)).check()
+               for s in specs if s.model and s.engine is None and not s.endpoint}
     # the suite file accumulates: answering a second suite into the same dir keeps the first one's items
     suite_path = out / "suite.jsonl"
     prev_items, _ = read_jsonl_lenient(suite_path)
@@ -228,9 +233,8 @@ def _answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], 
                                        seed=seed, emit=emit)
                 else:
                     _generate_local(s, todo, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    batch_size=batch_size, backend=backend, template=template, seed=seed, emit=emit,
-                                    progress=lambda n, t, name=s.name: log(f"{name}: {n}/{t}"),
-                                    load_in_8bit=load_in_8bit)
+                                    batch_size=batch_size, options=options.get(s.name), seed=seed, emit=emit,
+                                    progress=lambda n, t, name=s.name: log(f"{name}: {n}/{t}"))
         # compact: the latest line per id, suite order, failures last so they stay visible
         rows, _ = read_jsonl_lenient(path)
         latest: dict[str, dict] = {}
@@ -276,9 +280,7 @@ def configure_answer(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
-    p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights: bitsandbytes on a GPU, int8 Linear layers on CPU (transformers backend)")
-    p.add_argument("--template", help="prompt template for local models (default: the model's own)")
+    add_engine_args(p, model=False)     # for the local models; they and their adapters come from --system
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=4, help="parallel requests to endpoint systems")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per endpoint request")
@@ -286,6 +288,7 @@ def configure_answer(p) -> None:
 
 
 def run_answer(args) -> int:
+    opts = engine_options(args)
     systems: dict[str, Any] = {}
     for text in args.system:
         s = parse_system(text)
@@ -293,10 +296,10 @@ def run_answer(args) -> int:
             raise ChatsmithError(f"--system {text!r}: the name {s.name!r} is given twice")
         systems[s.name] = s
     summary = answer_suite(systems, args.suite, args.output, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, batch_size=args.batch_size, backend=args.backend,
-                           template=args.template, seed=args.seed, limit=args.limit,
+                           temperature=args.temperature, batch_size=args.batch_size, backend=opts.backend,
+                           template=opts.template, seed=args.seed, limit=args.limit,
                            concurrency=args.concurrency, timeout=args.timeout, retries=args.retries,
-                           load_in_8bit=args.load_in_8bit)
+                           load_in_8bit=opts.load_in_8bit, dtype=opts.dtype)
     for name, st in summary.items():
         print(f"{name}: {st['done']} answered ({st['new']} new, {st['skipped']} resumed), {st['errors']} failed")
     return 1 if any(st["errors"] for st in summary.values()) else 0

@@ -32,12 +32,13 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from string import Template
 from typing import Any, Iterator
 
+from chatsmith.engine.options import EngineOptions, add_engine_args, engine_options
 from chatsmith.errors import ChatsmithError
 from chatsmith.eval.answer import load_answers, read_jsonl_lenient, write_atomic
 from chatsmith.eval.suite import SuiteItem
@@ -275,15 +276,16 @@ def _judge_one_safe(cfg: JudgeConfig, ep: Any, t: Task, cache: JudgeCache, count
 def judge(answers_dir: str | Path, judge: str, *, mode: str = "multi", samples: int = 1, lang: str = "auto",
           temperature: float | None = None, max_tokens: int = 512, concurrency: int = 4,
           timeout: float | None = None,
-          retries: int = 4, backoff: float = 1.0, reask: bool = True, judge_backend: str = "transformers",
+          retries: int = 4, backoff: float = 1.0, reask: bool = True, judge_engine: EngineOptions | None = None,
           name: str | None = None, log=None) -> dict[str, Any]:
     """Judge every answer in `answers_dir`; writes DIR/judgments-MODE.NAME.jsonl and DIR/judge-MODE.NAME.json
     (one pair per judge: judging with another NAME keeps these) and returns the summary {name, judge, mode,
     samples, total, ok, unparsable, error, errors_by_kind, reasked, cached, calls, missing_answers, path}. Nothing
     is dropped: every task has one row, whatever its status.
 
-    `judge` is an endpoint URL (http(s)://HOST/v1[#MODEL]) or a local model served in-process; `name` defaults to
-    the endpoint's #MODEL or the model's file name."""
+    `judge` is an endpoint URL (http(s)://HOST/v1[#MODEL]) or a local model served in-process, loaded with
+    `judge_engine`'s options (backend, adapters, ...; its model is `judge`); `name` defaults to the endpoint's
+    #MODEL or the model's file name."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     name = name or default_judge_name(judge)
     if not _NAME.fullmatch(name):
@@ -293,7 +295,7 @@ def judge(answers_dir: str | Path, judge: str, *, mode: str = "multi", samples: 
     if temperature is None:
         temperature = 0.7 if samples > 1 else 0.0  # independent samples need sampling; one sample is greedy
     if timeout is None:  # a local CPU judge with a long prompt is slow; a hosted one should answer in 2 minutes
-        timeout = 120.0 if judge.startswith(("http://", "https://", "openai:")) else 900.0
+        timeout = 120.0 if is_endpoint(judge) else 900.0
     cfg = JudgeConfig(judge, mode, samples, lang, temperature, max_tokens, concurrency, timeout, retries, backoff,
                       reask)
     tasks, extra = build_tasks(items, answers, mode, samples, lang)
@@ -301,7 +303,7 @@ def judge(answers_dir: str | Path, judge: str, *, mode: str = "multi", samples: 
         raise ChatsmithError(f"{d}: no answers to judge; run `chatsmith eval answer` (or retry its failures) first")
     cache = JudgeCache(d / CACHE_FILE)
     counter = {"calls": 0}
-    with judge_endpoint(judge, backend=judge_backend) as (ep, identity):
+    with judge_endpoint(judge, judge_engine) as (ep, identity):
         cfg.judge_model_name = identity
         for t in tasks:
             t.key = cache_key(cfg, t)
@@ -334,18 +336,23 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
 
 # ---- the judge endpoint: remote, or a chatsmith server started in-process ---------------------------------
 @contextmanager
-def judge_endpoint(spec: str, backend: str = "transformers") -> Iterator[tuple[Any, str]]:
-    """-> (Endpoint, identity). The identity (the model, not the port) goes into the cache key."""
+def judge_endpoint(spec: str, options: EngineOptions | None = None) -> Iterator[tuple[Any, str]]:
+    """-> (Endpoint, identity). The identity (the model, not the port) goes into the cache key. A local model is
+    loaded with `options` (engine/options.py; default: the transformers backend)."""
     from chatsmith.eval.client import Endpoint
 
-    if spec.startswith(("http://", "https://", "openai:")):
+    if is_endpoint(spec):
         ep = Endpoint.parse(spec, default_model=os.environ.get("CHATSMITH_JUDGE_MODEL"))
         check_reachable(ep)
         ep = ep.served_model()
         yield ep, f"{ep.model}@{ep.base_url}"
         return
-    with local_server(spec, backend=backend) as (url, model_id):
+    with local_server(replace(options or EngineOptions(), model=spec)) as (url, model_id):
         yield Endpoint(url, model_id), f"local:{spec}"
+
+
+def is_endpoint(spec: str) -> bool:
+    return spec.startswith(("http://", "https://", "openai:"))
 
 
 def check_reachable(ep: Any, timeout: float = 10.0) -> None:
@@ -361,44 +368,17 @@ def check_reachable(ep: Any, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def local_server(model: str, backend: str = "transformers", adapters: list[str] | None = None,
-                 max_batch: int = 8) -> Iterator[tuple[str, str]]:
-    """Serve `model` with chatsmith's own OpenAI-compatible app on a free loopback port, in a thread."""
-    import socket
-    import time
-
-    from chatsmith.engine import load_engine
-
+def local_server(options: EngineOptions, max_batch: int = 8) -> Iterator[tuple[str, str]]:
+    """Serve options.model with chatsmith's own OpenAI-compatible app on a free loopback port, in a thread (the
+    background server every in-process server uses: serve/background.py)."""
     try:
-        from chatsmith.engine.scheduler import Scheduler
-        from chatsmith.serve.app import create_app, make_server, model_id_for
+        from chatsmith.serve.background import Served
     except ImportError as e:
         raise ChatsmithError(f"a local judge needs chatsmith's server ({e}); pass --judge http(s)://HOST/v1#MODEL "
                              "to use a running one") from None
 
-    kwargs = {"adapters": adapters} if adapters and backend != "llamacpp" else {}
-    engine = load_engine(model, backend=backend, **kwargs)
-    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=1024)
-    model_id = model_id_for(model)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = make_server(create_app(engine, scheduler, model_id), scheduler, "127.0.0.1", port)
-    server.install_signal_handlers = lambda: None  # a thread cannot own signals
-    thread = threading.Thread(target=server.run, name="chatsmith-judge-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise ChatsmithError(f"the local judge server for {model!r} did not start on port {port}")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1", model_id
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        scheduler.shutdown(drain=False)
-        engine.close()
+    with Served(options, max_batch=max_batch, max_queue=1024, start_timeout=60) as served:
+        yield f"{served.url}/v1", served.model_id
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -419,25 +399,29 @@ def configure_judge(p) -> None:
     p.add_argument("--retries", type=int, default=4, help="retries on timeouts, 429 and 5xx (exponential backoff)")
     p.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles each retry)")
     p.add_argument("--no-reask", action="store_true", help="do not ask again after an unparsable reply")
-    p.add_argument("--judge-backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
+    add_engine_args(p.add_argument_group("a local judge model (--judge MODEL)"), prefix="judge", model=False)
 
 
 def run_judge(args) -> int:
     from chatsmith.eval.client import Endpoint
 
     judges = [parse_judge_spec(j) for j in (args.judge or ["smollm2"])]
+    options = engine_options(args, prefix="judge")   # the local judges' options, checked before any judging
+    if options != replace(EngineOptions(), model=options.model) and all(is_endpoint(s) for _, s in judges):
+        raise ChatsmithError("--judge-backend, --judge-adapter, --judge-template, --judge-dtype and "
+                             "--judge-load-in-8bit are for a local judge model; every --judge here is an endpoint")
     names = [n for n, _ in judges]
     if len(set(names)) < len(names):
         raise ChatsmithError(f"--judge: two judges named {sorted({n for n in names if names.count(n) > 1})}; "
                              "give each its own NAME=")
     for _, spec in judges:  # every endpoint answers before any judging starts
-        if spec.startswith(("http://", "https://", "openai:")):
+        if is_endpoint(spec):
             check_reachable(Endpoint.parse(spec))
     for name, spec in judges:
         s = judge(args.answers, spec, mode=args.mode, samples=args.samples, lang=args.lang,
                   temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
                   timeout=args.timeout, retries=args.retries, backoff=args.backoff, reask=not args.no_reask,
-                  judge_backend=args.judge_backend, name=name)
+                  judge_engine=options, name=name)
         print(f"{s['total']} judgment(s): {s['ok']} ok, {s['unparsable']} unparsable, {s['error']} failed calls "
               f"({s['cached']} from cache, {s['reasked']} re-asked, {s['calls']} call(s))")
         if s["errors_by_kind"]:

@@ -374,15 +374,13 @@ def model_id_for(model: str) -> str:
 
 
 def configure_serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="model: smollm2, a model directory, a .gguf file or a hub id")
-    p.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory (repeatable)")
-    p.add_argument("--template", help="prompt template (default: the one stored with the model)")
+    from chatsmith.engine.options import add_engine_args
+
+    add_engine_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health (or set CHATSMITH_API_KEY)")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
-    p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights: bitsandbytes on a GPU, int8 Linear layers on CPU (transformers backend)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 429")
     p.add_argument("--model-name", help="the model id clients send (default: from --model)")
@@ -397,7 +395,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from chatsmith.engine import load_engine
+    from chatsmith.engine.options import engine_from_args
     from chatsmith.engine.scheduler import Scheduler
 
     if args.max_batch < 1 or args.max_queue < 1:
@@ -409,8 +407,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_connections is not None and args.max_connections < 1:
         raise ChatsmithError("--max-connections must be at least 1")
     api_key = args.api_key or os.environ.get("CHATSMITH_API_KEY") or None
-    engine = load_engine(args.model, adapters=args.adapter, template=args.template, backend=args.backend,
-                         load_in_8bit=args.load_in_8bit)
+    engine = engine_from_args(args)
     scheduler = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue)
     model_id = args.model_name or model_id_for(args.model)
     app = create_app(engine, scheduler, model_id, api_key, cors_origins=tuple(args.cors_origin))

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from chatsmith.errors import ChatsmithError
+
 MAX_CONNECTIONS = 128          # uvicorn answers 503 past this many open connections (or requests in progress)
 HEADER_TIMEOUT_S = 10.0        # a connection must deliver a request's headers within this, or it is closed
 MAX_HEADER_BYTES = 16 * 1024   # h11's limit on an incomplete request head
@@ -97,7 +99,7 @@ class ServerThread:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server on {self.url} did not start")
+                raise ChatsmithError(f"the server on {self.url} did not start within {timeout:g} s")
             time.sleep(0.02)
         return self
 
@@ -113,26 +115,43 @@ class ServerThread:
 
 
 class Served:
-    """A model served in-process: engine, scheduler, app and server thread together."""
+    """A model served in-process: engine, scheduler, app and server thread together. `model` is a model name or
+    the EngineOptions to load (engine/options.py); an engine loaded here is closed on exit, one passed in
+    (`engine=`) is left to its owner."""
 
-    def __init__(self, model: str, *, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
+    def __init__(self, model: Any, *, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
                  template: str | None = None, backend: str = "transformers", model_id: str | None = None,
-                 engine: Any = None, cors_origins: tuple[str, ...] = (), **config: Any):
-        from chatsmith.engine import load_engine
+                 engine: Any = None, cors_origins: tuple[str, ...] = (), start_timeout: float = 30.0,
+                 **config: Any):
+        from chatsmith.engine.options import EngineOptions
         from chatsmith.engine.scheduler import Scheduler
         from chatsmith.serve.app import create_app, model_id_for
 
-        self.engine = engine or load_engine(model, template=template, backend=backend)
+        options = model if isinstance(model, EngineOptions) else EngineOptions(str(model), template=template,
+                                                                                 backend=backend)
+        self.owns_engine = engine is None
+        self.engine = engine or options.load()
         self.scheduler = Scheduler(self.engine, max_batch=max_batch, max_queue=max_queue)
-        self.model_id = model_id or model_id_for(model)
+        self.model_id = model_id or model_id_for(options.model)
         self.app = create_app(self.engine, self.scheduler, self.model_id, api_key, cors_origins=cors_origins)
         self.thread = ServerThread(self.app, **config)   # config: uvicorn_config's max_connections, header_timeout
         self.url = self.thread.url
+        self.start_timeout = start_timeout
 
     def __enter__(self) -> Served:
-        self.thread.start()
+        try:
+            self.thread.start(self.start_timeout)
+        except BaseException:
+            self.thread.stop()
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.thread.stop()
+        self.close()
+
+    def close(self) -> None:
         self.scheduler.shutdown(drain=False)
+        if self.owns_engine:
+            self.engine.close()
