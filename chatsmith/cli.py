@@ -22,7 +22,8 @@ VERBS: dict[str, object] = {
         "list": ("chatsmith.templates.cli", "list", "list the prompt templates"),
         "render": ("chatsmith.templates.cli", "render", "render one conversation exactly as the model sees it"),
     },
-    "context": ("chatsmith.context", "context", "build an airoboros closed-context prompt, or parse sources from a reply"),
+    "context": ("chatsmith.closed_context", "context",
+                "build an airoboros closed-context prompt, or parse sources from a reply"),
     "data": {
         "prepare": ("chatsmith.data.prepare", "prepare", "read, validate, mix and split data sets into train/val"),
         "inspect": ("chatsmith.data.inspect", "inspect", "show rendered samples with trainable tokens and length stats"),

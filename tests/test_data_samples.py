@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from chatsmith.context import parse_reply
+from chatsmith.closed_context import parse_reply
 from chatsmith.data import heldout_contextual, prepare, read_conversations, sample_files, samples_dir
 from chatsmith.data.samples import make_samples
 from chatsmith.data.samples.closed_context import HELDOUT_KINDS, TRAIN_KINDS, UNANSWERABLE_KINDS

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from synth_fake_teacher import FakeTeacher, Served
 
-from chatsmith.context import Document, build_context
+from chatsmith.closed_context import Document, build_context
 from chatsmith.errors import ChatsmithError
 from chatsmith.synth.config import DEFAULT_UNANSWERABLE, SynthConfig
 from chatsmith.synth.filters import compile_patterns

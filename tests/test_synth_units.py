@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from chatsmith.context import Document, build_context
+from chatsmith.closed_context import Document, build_context
 from chatsmith.errors import ChatsmithError
 from chatsmith.synth.config import DEFAULT_REFUSALS, DEFAULT_UNANSWERABLE, SynthConfig, load_config, parse_overrides
 from chatsmith.synth.filters import NearDuplicates, compile_patterns, first_match

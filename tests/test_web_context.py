@@ -1,5 +1,5 @@
 """The web page's closed-context mode, in headless Debian chromium (Playwright), against a real server: documents
-with metadata and questions become the airoboros prompt (built by the server with chatsmith.context, like
+with metadata and questions become the airoboros prompt (built by the server with chatsmith.closed_context, like
 `chatsmith context`), and the answer's cited sources are matched to the documents, an unmatched one flagged."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import httpx
 import pytest
 from test_web import ARGS, CHROMIUM
 
-from chatsmith.context import ONLY_INSTRUCTIONS, Document, build_context
+from chatsmith.closed_context import ONLY_INSTRUCTIONS, Document, build_context
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import SamplingParams
 from chatsmith.serve.background import Served

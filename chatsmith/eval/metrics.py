@@ -153,7 +153,7 @@ def chrf(answer: str, reference: str) -> float:
 def cites_source(answer: str, source: dict[str, Any]) -> bool:
     """The reply cites the item's source: a parsed "Source:" block whose key/values match it, or (replies
     rarely format it perfectly) every metadata value of the source appearing after the answer's first line."""
-    from chatsmith.context import parse_reply
+    from chatsmith.closed_context import parse_reply
 
     want = {str(k): str(v).strip() for k, v in source.items()}
     reply = parse_reply(answer)
@@ -216,7 +216,7 @@ def prompt_sources(item: SuiteItem) -> list[dict[str, str]]:
 
 def cited_source(answer: str, item: SuiteItem) -> str | None:
     """What in the reply is a citation ("Source:" block, or an identifying value of a given document), or None."""
-    from chatsmith.context import parse_reply
+    from chatsmith.closed_context import parse_reply
 
     reply = parse_reply(answer)
     if reply.sources:
@@ -235,7 +235,7 @@ def _numbers(text: str) -> set[str]:
 
 def new_numbers(answer: str, prompt: str) -> list[str]:
     """Numbers the reply's answer part states that appear nowhere in the prompt (list markers aside)."""
-    from chatsmith.context import parse_reply
+    from chatsmith.closed_context import parse_reply
 
     text = _LIST_MARKER.sub(" ", parse_reply(answer).answer)
     return sorted(_numbers(text) - _numbers(prompt))

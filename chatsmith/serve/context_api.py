@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatsmith.context import (
+from chatsmith.closed_context import (
     ONLY_INSTRUCTIONS,
     ContextFormatError,
     Document,

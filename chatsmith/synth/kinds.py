@@ -7,7 +7,7 @@ the request that gets it answered) and checks the answer's form for its category
     multiple_choice            question + lettered options; the answer must start with one of the letters
     contextual                 1-4 teacher passages (real names, randomized facts, as airoboros writes them)
                                and 1-3 instructions, each about one block -> the airoboros BEGININPUT blocks
-                               (chatsmith.context); the answer must cite exactly the blocks its instructions use;
+                               (chatsmith.closed_context); the answer must cite exactly the blocks its instructions use;
                                a share adds an instruction no block answers, which the answer must decline
     counterfactual_contextual  airoboros' pairs: a true paragraph and its counterfactual rewrite (one fact
                                changed) under the same source URL and question, one row each; the answer must
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from chatsmith.context import ContextFormatError, Document, Reply, build_context, match_sources, parse_reply
+from chatsmith.closed_context import ContextFormatError, Document, Reply, build_context, match_sources, parse_reply
 from chatsmith.synth.registry import Instructor, fill
 from chatsmith.synth.teacher import Teacher
 

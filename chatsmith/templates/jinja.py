@@ -55,7 +55,7 @@ def _expr(fmt: str, template: Template, content: str = "message['content']") -> 
 
 def to_jinja(template: Template, *, bos: bool = False) -> str:
     """The chat_template string that reproduces `template`'s rendered text (see the module docstring)."""
-    from chatsmith.templates.hf import HFTemplate
+    from chatsmith.templates.hf_chat_template import HFTemplate
     from chatsmith.templates.registry import InstructionTemplate
 
     if isinstance(template, HFTemplate):

@@ -130,7 +130,7 @@ def get_template(name: str | Template, tokenizer=None) -> Template:
     if isinstance(name, Template):
         return name
     if name == "hf":
-        from chatsmith.templates.hf import HFTemplate
+        from chatsmith.templates.hf_chat_template import HFTemplate
 
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise TemplateError("template 'hf' needs a model whose tokenizer has a chat_template")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from chatsmith.context import Document, build_context
+from chatsmith.closed_context import Document, build_context
 
 UNANSWERABLE_KINDS = ("missing", "related", "opinion", "absent", "elsewhere")
 

@@ -30,7 +30,7 @@ import random
 import sys
 from pathlib import Path
 
-from chatsmith.context import Document, build_context
+from chatsmith.closed_context import Document, build_context
 from chatsmith.data.samples import closed_context
 from chatsmith.data.samples.plainformat import TRAIN_PYTHON, heldout_code_items
 

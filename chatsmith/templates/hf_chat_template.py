@@ -1,4 +1,4 @@
-"""`hf`: the tokenizer's own Jinja chat_template, turned into segments so it gets the same exact masks.
+"""The `hf` template: the tokenizer's own Jinja chat_template, turned into segments so it gets the same exact masks.
 
 The template must be incremental: the text of messages[:i+1] (with the generation prompt after a user turn) is a
 prefix of the text of the whole conversation. Each message owns the text between the end of the previous

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from chatsmith.context import DONT_MAKE_UP, ContextFormatError, Document, build_context, match_sources, parse_reply
+from chatsmith.closed_context import (DONT_MAKE_UP, ContextFormatError, Document, build_context, match_sources,
+                                      parse_reply)
 from chatsmith.conversation import Conversation
 from chatsmith.templates import get_template
 
