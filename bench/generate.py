@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from chatsmith.conversation import Conversation
     from chatsmith.engine import pick_template
     from chatsmith.engine.base import SamplingParams
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -61,7 +61,7 @@ def child(variant: str, model: str, val: Path, tokens: int, repeats: int, thread
     from chatsmith.conversation import Conversation, Message
     from chatsmith.data.io import read_conversations
     from chatsmith.engine import SamplingParams, pick_template
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
 
     ref = models.resolve(model)
     tok = models.load_tokenizer(ref)

@@ -25,7 +25,7 @@ def test_bloom_lora_recipe_trains_merges_and_chats(cli, tiny_root, tmp_path):
 
     from chatsmith.conversation import Conversation
     from chatsmith.engine import SamplingParams
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
 
     bloom = tiny.build("bloom", tiny_root)
     data = tmp_path / "belle"

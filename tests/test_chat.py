@@ -14,7 +14,7 @@ import pytest
 from chatsmith.chat import ChatSession, answer_one, read_piped
 from chatsmith.conversation import Conversation, Message
 from chatsmith.engine.base import SamplingParams
-from chatsmith.engine.hf import HFEngine
+from chatsmith.engine.transformers_engine import HFEngine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 

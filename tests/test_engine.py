@@ -7,7 +7,7 @@ import torch
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import SamplingParams
-from chatsmith.engine.hf import HFEngine
+from chatsmith.engine.transformers_engine import HFEngine
 from chatsmith.engine.stops import StopTextStream
 from chatsmith.errors import ChatsmithError, ContextLengthError
 

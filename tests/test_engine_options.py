@@ -89,9 +89,9 @@ def no_model_loads(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("an engine was loaded despite an option its backend cannot honour")
 
-    from chatsmith.engine import hf, llamacpp, vllm
+    from chatsmith.engine import llamacpp, transformers_engine, vllm
 
-    monkeypatch.setattr(hf.HFEngine, "load", classmethod(refuse))
+    monkeypatch.setattr(transformers_engine.HFEngine, "load", classmethod(refuse))
     monkeypatch.setattr(llamacpp.LlamaCppEngine, "load", classmethod(refuse))
     monkeypatch.setattr(vllm.VLLMEngine, "load", classmethod(refuse))
 

@@ -11,7 +11,7 @@ import pytest
 
 from chatsmith.conversation import Conversation, Message
 from chatsmith.engine import SamplingParams
-from chatsmith.engine.hf import HFEngine
+from chatsmith.engine.transformers_engine import HFEngine
 from chatsmith.export.gguf import export_gguf
 from chatsmith.templates.base import bos_prefix_ids
 

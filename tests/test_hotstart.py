@@ -285,7 +285,7 @@ def test_gguf_export_of_the_merged_hot_start(tiny_llama, zh_lora, tmp_path):
     pytest.importorskip("llama_cpp")
     from test_gguf import greedy_agreement, load_gguf
 
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
     from chatsmith.export.gguf import export_gguf
     from chatsmith.export.merge import merge_adapters
 

@@ -10,7 +10,7 @@ import torch
 from chatsmith import models
 from chatsmith.conversation import Conversation, Message
 from chatsmith.engine import SamplingParams
-from chatsmith.engine.hf import HFEngine
+from chatsmith.engine.transformers_engine import HFEngine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 

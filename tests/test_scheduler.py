@@ -10,7 +10,7 @@ import pytest
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import Engine, SamplingParams
-from chatsmith.engine.hf import HFEngine
+from chatsmith.engine.transformers_engine import HFEngine
 from chatsmith.engine.scheduler import QueueFull, Scheduler, ShuttingDown
 from chatsmith.errors import ChatsmithError, ContextLengthError
 
@@ -32,7 +32,7 @@ def solo(engine):
 
 
 def test_concurrent_clients_get_their_solo_greedy_answers(engine, solo, monkeypatch):
-    from chatsmith.engine.hf import DecodeBatch
+    from chatsmith.engine.transformers_engine import DecodeBatch
 
     real_step = DecodeBatch.step
 
@@ -161,7 +161,7 @@ def test_dynamic_batching_for_engines_without_decode_batch(engine, solo):
 
 
 def test_engine_failure_ends_that_batch_with_an_error_and_serving_goes_on(engine, solo):
-    from chatsmith.engine.hf import DecodeBatch
+    from chatsmith.engine.transformers_engine import DecodeBatch
 
     class FailOnce(DecodeBatch):
         failed = False

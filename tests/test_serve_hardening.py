@@ -180,7 +180,7 @@ def test_refused_before_rendering_and_rendering_is_off_the_event_loop(served, mo
 
 
 def test_a_sampling_error_fails_only_its_request(served, monkeypatch):
-    import chatsmith.engine.hf as hf
+    import chatsmith.engine.transformers_engine as hf
 
     real = hf._sample
 
@@ -259,7 +259,7 @@ def test_an_error_in_the_llamacpp_worker_fails_only_that_request(tiny_llama):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the worker's death
 def test_a_dead_worker_makes_health_503(tiny_llama, monkeypatch):
-    import chatsmith.engine.hf as hf
+    import chatsmith.engine.transformers_engine as hf
 
     def broken_step(self):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

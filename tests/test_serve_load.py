@@ -75,7 +75,7 @@ def test_32_streaming_clients_with_disconnects(tiny_llama):
 
 
 def test_a_client_that_gives_up_on_a_non_streamed_answer_cancels_it(tiny_llama, monkeypatch):
-    from chatsmith.engine.hf import DecodeBatch
+    from chatsmith.engine.transformers_engine import DecodeBatch
 
     real_step = DecodeBatch.step
 

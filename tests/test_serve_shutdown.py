@@ -15,7 +15,7 @@ from test_serve_cli import start_server
 # deadline on the tiny model), BREAK makes steps fail as a lost GPU does.
 BOOT = """
 import os, sys, time
-import chatsmith.engine.hf as hf
+import chatsmith.engine.transformers_engine as hf
 step = hf.DecodeBatch.step
 def patched(self):
     if os.environ.get("BREAK"):

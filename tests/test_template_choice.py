@@ -79,7 +79,7 @@ def test_stored_template_beats_the_name(tiny_llama, tmp_path, capsys):
 def test_engine_and_prepare_use_the_name_table(tiny_llama, tmp_path, capsys):
     from chatsmith.conversation import Conversation
     from chatsmith.data import prepare
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
 
     d = _named(tiny_llama, tmp_path, "stablelm-tuned-alpha-7b")
     engine = HFEngine.load(str(d), dtype="fp32")

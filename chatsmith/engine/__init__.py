@@ -19,7 +19,7 @@ def load_engine(model: str = "smollm2", adapters: list[str] | None = None, templ
     engine.options.check_engine_options, the one list of them)."""
     check_engine_options(backend, adapters=adapters, dtype=dtype, load_in_8bit=load_in_8bit)
     if backend == "transformers":
-        from chatsmith.engine.hf import HFEngine
+        from chatsmith.engine.transformers_engine import HFEngine
 
         return HFEngine.load(model, adapters, template, dtype=dtype, load_in_8bit=load_in_8bit, **kwargs)
     if backend == "llamacpp":
