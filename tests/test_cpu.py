@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from chatsmith import cpu
 
@@ -85,3 +86,9 @@ def test_every_caller_decides_from_the_probe(flags, monkeypatch):
     if "avx512_bf16" not in flags:
         with pytest.raises(kernels._Unavailable, match="this CPU has no AVX512-BF16"):
             kernels._build_and_open()
+
+
+def test_the_probe_agrees_with_cpuid(fresh_probe):
+    """An independent reading of the capability the kernels need: torch's cpuinfo library asks the CPU itself
+    (CPUID, and XCR0 for the OS's support of the AVX512 state). The kernel tests skip on the probe's word alone."""
+    assert cpu.avx512_bf16() == torch.cpu._is_avx512_bf16_supported()
