@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import find_chromium
 
 from chatsmith.conversation import Conversation
