@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ARCHS = ("llama", "gpt_neox", "bloom")
+
+_USER_CACHE = os.environ.get("CHATSMITH_CACHE")
+
+
+def pytest_configure(config):
+    """Every test (and every CLI subprocess, which inherits the environment) uses a fresh CHATSMITH_CACHE, never the
+    user's ~/.cache/chatsmith. Set here rather than in a fixture: modules read the cache at import time too (the
+    kernel build). The embedded model is converted into it once per session (about 30 s)."""
+    os.environ["CHATSMITH_CACHE"] = tempfile.mkdtemp(prefix="chatsmith-test-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ["CHATSMITH_CACHE"], ignore_errors=True)       # ~0.5 GB: the converted model
+    if _USER_CACHE is None:
+        os.environ.pop("CHATSMITH_CACHE", None)
+    else:
+        os.environ["CHATSMITH_CACHE"] = _USER_CACHE
+
+
+def wait_until(condition, timeout: float = 30.0, interval: float = 0.01) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; returns its last value. The timeout is a
+    generous bound, not a speed claim: it only turns a hang into a failure."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (ok := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return bool(ok)
+
+
+def find_chromium() -> str | None:
+    """Chromium (or Chrome) on PATH, for the browser tests; None where there is none (`make browser`)."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +81,7 @@ def tiny_tokenizer(tiny_llama):
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    """The embedded model, converted once into the user's cache."""
+    """The embedded model, converted once into the session's cache (see pytest_configure)."""
     from chatsmith import models
 
     return models.resolve("smollm2").path

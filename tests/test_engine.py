@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -212,11 +214,14 @@ def test_bf16_engine_runs_and_auto_dtype(tiny_llama):
 
 
 def native_kernels(amx: bool, monkeypatch) -> None:
-    """Use the native step with AMX tiles or with AVX512-BF16 (skips where this CPU cannot)."""
+    """Use the native step with AMX tiles or with AVX512-BF16 (skips where this CPU cannot; on a CPU that can, a
+    kernel that does not build is a failure)."""
+    from chatsmith import cpu
     from chatsmith.engine import kernels
 
-    if kernels.why_not() is not None:
-        pytest.skip(f"no native kernels here: {kernels.why_not()}")
+    if not cpu.avx512_bf16() or os.environ.get("CHATSMITH_KERNELS") == "0":
+        pytest.skip("this CPU has no AVX512-BF16 (chatsmith.cpu), or CHATSMITH_KERNELS=0")
+    assert kernels.why_not() is None, f"a CPU with AVX512-BF16, yet no kernel: {kernels.why_not()}"
     if amx and not kernels.amx():
         pytest.skip("no AMX here")
     monkeypatch.setitem(kernels._state, "amx", amx)

@@ -97,7 +97,9 @@ def test_sandbox_kills_an_infinite_loop_within_its_limit():
     t0 = time.monotonic()
     r = run_python("while True:\n    pass\n", timeout=1)
     assert not r.passed and r.status == "timeout"
-    assert time.monotonic() - t0 < 4  # CPU limit 1 s, wall clock 2 s, plus start-up
+    # limits: 1 s of CPU, 2 s of wall clock. An unkilled loop never returns; 60 s bounds start-up on a busy machine
+    # and says only that the limit, not the test's own timeout, ended it
+    assert time.monotonic() - t0 < 60
 
 
 def test_sandbox_stops_a_fork_bomb_within_limits():
@@ -106,7 +108,7 @@ def test_sandbox_stops_a_fork_bomb_within_limits():
     r = run_python(bomb, timeout=1, max_procs=4)
     elapsed = time.monotonic() - t0
     assert not r.passed and r.status in ("timeout", "killed")
-    assert elapsed < 4
+    assert elapsed < 60          # as above: a bound on start-up under load, the limits are 1 s and 4 processes
     time.sleep(0.2)
     # nothing of it survives: no python process running our sandbox script is left
     left = []

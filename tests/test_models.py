@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,3 +83,13 @@ def test_load_in_8bit_on_cpu_quantizes_and_generates(tiny_llama):
     assert type(q) is not torch.nn.Linear and eng.lean is None     # int8 layers take the generic path
     res = eng.generate([Conversation.single("hello")], GREEDY)[0]
     assert res.finish_reason in ("stop", "length") and res.completion_tokens <= 8
+
+
+def test_tests_use_a_temporary_cache_and_the_default_is_under_home(tmp_path, monkeypatch):
+    # conftest gives the whole session a temporary CHATSMITH_CACHE: nothing a test builds lands in ~/.cache
+    home_cache = Path.home() / ".cache" / "chatsmith"
+    assert models.cache_dir() != home_cache and Path(tempfile.gettempdir()) in models.cache_dir().parents
+    # the one test of the default location (with HOME pointed at a temporary folder, so nothing is written there)
+    monkeypatch.delenv("CHATSMITH_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert models.cache_dir() == tmp_path / ".cache" / "chatsmith"

@@ -57,11 +57,11 @@ def test_checkpoint_files_are_fsynced_before_the_completion_marker(tmp_path, mon
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
                                                  real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
-    staged = tmp_path / ".staging-5" / "checkpoint-5"
-    staged.mkdir(parents=True)
+    saved = tmp_path / "checkpoint-5"
+    saved.mkdir(parents=True)
     for name in ("adapter_model.safetensors", "optimizer.pt", "trainer_state.json"):
-        (staged / name).write_bytes(b"x" * 100)
-    ck.publish(staged, tmp_path / "checkpoint-5")
+        (saved / name).write_bytes(b"x" * 100)
+    ck.mark_complete(saved)
     marker = next(i for i, e in enumerate(events) if e == ("replace", str(tmp_path / "checkpoint-5" /
                                                                            ck.COMPLETE_MARKER)))
     synced = {Path(p).name for kind, p in events[:marker] if kind == "fsync"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
+from conftest import wait_until
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import Engine, SamplingParams
@@ -35,18 +35,27 @@ def test_concurrent_clients_get_their_solo_greedy_answers(engine, solo, monkeypa
     from chatsmith.engine.transformers_engine import DecodeBatch
 
     real_step = DecodeBatch.step
+    submitted = [threading.Event() for _ in PROMPTS]
 
-    def paced_step(self):  # the tiny model decodes 16 tokens in ~1 ms a step: pace it so staggered clients overlap
-        time.sleep(0.01)
-        return real_step(self)
+    def held_step(self):
+        # the tiny model decodes 16 tokens in ~1 ms a step: after each step, decoding waits until every client has
+        # submitted, so the staggered ones join a batch that is already decoding (events, not a pace that a busy
+        # machine may outrun; 60 s only turns a hang into a failure)
+        out = real_step(self)
+        for e in submitted:
+            e.wait(60)
+        return out
 
-    monkeypatch.setattr(DecodeBatch, "step", paced_step)
+    monkeypatch.setattr(DecodeBatch, "step", held_step)
     sched = Scheduler(engine, max_batch=4, max_queue=16)
     results = [None] * len(PROMPTS)
 
     def client(i):
-        time.sleep(0.005 * i)          # staggered: later ones join a batch already decoding
-        results[i] = sched.submit(PROMPTS[i], P).result()
+        if i:
+            submitted[i - 1].wait(60)     # staggered: each after the one before
+        h = sched.submit(PROMPTS[i], P)
+        submitted[i].set()
+        results[i] = h.result()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(PROMPTS))]
     for t in threads:
@@ -107,10 +116,8 @@ def test_abandoned_async_consumer_cancels(engine):
         return h
 
     h = asyncio.run(main())
-    deadline = time.time() + 10
-    while sched.active() and time.time() < deadline:
-        time.sleep(0.01)
-    assert sched.active() == 0 and h.cancelled and h.completion_tokens < 50
+    assert wait_until(lambda: sched.active() == 0)
+    assert h.cancelled and h.completion_tokens < 50
     sched.shutdown()
 
 

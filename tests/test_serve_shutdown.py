@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 
 import httpx
 
@@ -35,7 +34,7 @@ def start(model, *extra, env=None):
 def test_drain_deadline_cancels_what_is_left_and_exits(tiny_llama):
     proc, url = start(tiny_llama, "--drain-timeout", "1", env={"PACE": "0.05"})
     try:
-        lines, ended, got_first = [], [], threading.Event()
+        lines, got_first = [], threading.Event()
 
         def in_flight():
             body = {"model": "tiny", "stream": True, "max_tokens": 400, "temperature": 0,
@@ -44,19 +43,18 @@ def test_drain_deadline_cancels_what_is_left_and_exits(tiny_llama):
                 for line in r.iter_lines():
                     if line:
                         lines.append(line)
-                        ended.append(time.monotonic())
                         got_first.set()
 
         t = threading.Thread(target=in_flight)
         t.start()
         assert got_first.wait(60)
-        start_s = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         t.join(30)
-        took = ended[-1] - start_s
-        assert took < 10, f"the stream ran {took:.1f} s past SIGTERM with a 1 s drain deadline"
-        assert lines[-1] == "data: [DONE]" and "cancelled" in lines[-2]     # told, not cut off silently
+        # cancelled at the deadline, and told so, not cut off silently: without the deadline the 400 paced steps
+        # would run to the end (finish_reason "length"); no wall-clock bound needed
+        assert lines[-1] == "data: [DONE]" and "cancelled" in lines[-2], lines[-3:]
+        assert sum(line.startswith("data: {") for line in lines) < 400
         assert "drain deadline" in proc.stdout.read()
     finally:
         if proc.poll() is None:

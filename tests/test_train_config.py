@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,64 @@ def test_a_flag_overrides_every_stage_but_not_stage_data():
     assert [(c.val_set_size, c.learning_rate) for _, _, c in stages] == [(1, 5e-3)] * 3
     assert [c.train_on_inputs for _, _, c in stages] == [False, True, True]        # keys no flag named stay
     assert [c.data for _, _, c in stages] == ["data/dreamer/f1", "data/dreamer/f2", "data/dreamer/f3"]
+
+
+def test_the_installed_transformers_is_in_the_range_pyproject_allows():
+    """The trainer uses transformers 5.2's TrainingArguments (train_sampling_strategy) and reads no private Trainer
+    method; pyproject's range says so, and an install outside it fails here rather than mid-training."""
+    import tomllib
+
+    import transformers
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((RECIPES.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    [req] = [Requirement(d) for d in deps if Requirement(d).name == "transformers"]
+    assert Version(transformers.__version__) in req.specifier, (transformers.__version__, str(req.specifier))
+    assert Version("5.1.0") not in req.specifier and Version("6.0.0") not in req.specifier
+
+
+def test_warmup_ratio_becomes_a_whole_number_of_steps(tmp_path):
+    """A float warmup_steps is a ratio to transformers 5 and a step count to 4.x; the trainer hands every version
+    an int: ceil(ratio x steps), computed once the step count is known."""
+    import torch
+    from transformers.trainer_utils import SchedulerType
+
+    from chatsmith.train.trainer import ChatsmithTrainer, training_arguments
+
+    cfg = parse_config({"warmup_ratio": 0.25, "lr_scheduler": "linear", "max_steps": 10, "learning_rate": 1.0})
+    args = training_arguments(cfg, tmp_path, torch.float32, has_val=False)
+    assert args.warmup_steps == 0 and args.lr_scheduler_type == SchedulerType.LINEAR
+    trainer = ChatsmithTrainer(model=torch.nn.Linear(2, 2), args=args, warmup_ratio=cfg.warmup_ratio)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    assert trainer.args.warmup_steps == 3 and isinstance(trainer.args.warmup_steps, int)      # ceil(2.5)
+    lrs = []
+    for _ in range(5):
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert lrs == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 6 / 7])     # 3 warmup steps, then linear decay over 7
+    # warmup_steps set: used as it is, the ratio ignored
+    cfg = parse_config({"warmup_steps": 2, "warmup_ratio": 0.5, "max_steps": 10})
+    trainer = ChatsmithTrainer(model=torch.nn.Linear(2, 2), warmup_ratio=cfg.warmup_ratio,
+                               args=training_arguments(cfg, tmp_path, torch.float32, has_val=False))
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    assert trainer.args.warmup_steps == 2
+
+
+def test_report_to_takes_trackers_as_training_arguments_does(tmp_path):
+    assert parse_config({}).report_to == "none"                       # default: nothing leaves the machine
+    assert parse_config({"report_to": "tensorboard"}).report_to == ["tensorboard"]
+    assert load_config(None, {"report_to": "none"}).report_to == "none"
+    with pytest.raises(ConfigError, match="'all' stands alone"):
+        load_config(None, {"report_to": "tensorboard,all"})
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ConfigError, match=r"wandb is not installed \(pip install wandb\)"):
+            parse_config({"report_to": ["tensorboard", "wandb"]})
+    with pytest.raises(ConfigError, match=r"report_to: .*unknown tracker 'tensorbord' \(did you mean 'tensorboard'"):
+        parse_config({"report_to": "tensorbord"})
+    with pytest.raises(ConfigError, match="report_to"):
+        parse_config({"report_to": 3})
+    p = tmp_path / "c.yaml"
+    p.write_text("report_to: [tensorboard]\n")
+    assert load_config(p).report_to == ["tensorboard"]

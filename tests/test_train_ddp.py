@@ -27,11 +27,15 @@ def test_two_cpu_ranks_agree(tiny_llama, tmp_path):
                         port, "-m", "chatsmith", "train", "--model", str(tiny_llama), "--data", str(data),
                         "--template", "chatml", "--output-dir", str(out), "--max-steps", "3", "--batch-size", "2",
                         "--learning-rate", "5e-3", "--precision", "fp32", "--max-length", "128"],
-                       capture_output=True, text=True, timeout=120, env=env, check=False)
+                       capture_output=True, text=True, timeout=600, env=env, check=False)   # a hang bound
     assert r.returncode == 0, r.stderr[-3000:]
     stage = json.loads((out / "chatsmith.json").read_text())["lineage"]["stages"][0]
     assert stage["world_size"] == 2 and stage["steps"] == 3
     a, b = stage["rank_param_checksums"]
-    assert a == b, (a, b)
-    fresh = 0.0  # LoRA B starts at zero; trained adapters moved away from the initialization
-    assert a != fresh
+    assert a == b, (a, b)                    # both ranks hold the same trainable weights
+    # and they trained: LoRA B starts at zero (A is random from the start, so it proves nothing), and every B moved
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    lora_b = {k: t for k, t in weights.items() if "lora_B" in k}
+    assert lora_b and all(t.abs().max() > 0 for t in lora_b.values()), [k for k, t in lora_b.items() if not t.any()]

@@ -209,3 +209,19 @@ def test_a_full_fine_tune_replaces_a_lora_output_whole_and_a_second_run_is_refus
     with pytest.raises(ChatsmithError, match=r"mine: holds files that are not a chatsmith training output"):
         train(_cfg(tiny_model, data_dir, mine, method="full", max_steps=1))
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_report_to_tensorboard_writes_event_files_beside_metrics(tiny_llama, data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = train(_cfg(tiny_llama, data_dir, tmp_path / "out", max_steps=4, report_to="tensorboard"))
+    assert (out / "metrics.jsonl").is_file()
+    [events] = (out / "logs").glob("events.out.tfevents.*")        # beside metrics.jsonl, not under checkpoints/
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    logged = {e.step: e.value for e in acc.Scalars("train/loss")}
+    want = {m["step"]: m["loss"] for m in _metrics(out) if "loss" in m}
+    assert sorted(logged) == sorted(want) == [1, 2, 3, 4]
+    assert logged == pytest.approx(want, abs=1e-6)                   # the same losses as metrics.jsonl
+    lineage = json.loads((out / "chatsmith.json").read_text())["lineage"]
+    assert lineage["config"]["report_to"] == ["tensorboard"]

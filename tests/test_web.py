@@ -8,17 +8,19 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import find_chromium
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import SamplingParams
 from chatsmith.serve.background import Served
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = find_chromium()
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(not Path(CHROMIUM).is_file(),
-                                reason=f"{CHROMIUM} is absent: apt-get install chromium (make browser)")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium, chromium-browser or google-chrome on PATH: apt-get install chromium "
+    "(make browser)")]
 
 
 @pytest.fixture(scope="module")

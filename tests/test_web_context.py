@@ -17,8 +17,9 @@ from chatsmith.conversation import Conversation
 from chatsmith.engine.base import SamplingParams
 from chatsmith.serve.background import Served
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(not Path(CHROMIUM).is_file(),
-                                reason=f"{CHROMIUM} is absent: apt-get install chromium (make browser)")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium, chromium-browser or google-chrome on PATH: apt-get install chromium "
+    "(make browser)")]
 
 BLUE = Document("In a shocking turn of events, blueberries are now green, but will be sticking with the same name.",
                 {"date": "2021-01-01", "url": "https://web.site/123"})

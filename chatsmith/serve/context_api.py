@@ -1,6 +1,6 @@
 """POST /v1/chatsmith/context: the closed-context (airoboros BEGININPUT/BEGININSTRUCTION) helpers of
 `chatsmith context`, for the web page's closed-context mode, so the page and the CLI build prompts and read
-citations with one implementation (chatsmith/context.py):
+citations with one implementation (chatsmith/closed_context.py):
 
   {"documents": [{"metadata": {"url": ..., "date": ...}, "text": ...}], "instructions": [...],
    "dont_make_up": bool, "preamble": text, or true for the card's "Be sure to only respond to ..."}

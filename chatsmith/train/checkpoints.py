@@ -1,9 +1,10 @@
 """Atomic checkpoints and finding the one to resume from.
 
 HF Trainer writes a checkpoint file by file into `checkpoint-N`; a kill during that leaves a folder that looks
-like a checkpoint and resumes into garbage. Here every checkpoint is written into a hidden staging folder,
-renamed into place, and only then marked complete with `COMPLETE_MARKER`. A folder without the marker is a
-checkpoint cut short: it is skipped with a message, never loaded, and removed by the next rotation.
+like a checkpoint and resumes into garbage. Here a checkpoint counts only once it is marked complete with
+`COMPLETE_MARKER`, written after every file of it is on disk (trainer.CheckpointCallback, when the Trainer says
+the save is done). A folder without the marker is a checkpoint cut short: it is skipped with a message, never
+loaded, and removed by the next rotation.
 """
 
 from __future__ import annotations
@@ -73,24 +74,21 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
     return p
 
 
-def publish(staged: Path, final: Path) -> None:
-    """staging folder -> every file flushed to disk -> final name (atomic rename) -> completion marker. The
-    fsync comes first: after a power loss the marker must never stand beside files the disk did not keep."""
-    fsync_tree(staged)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staged, final)
-    fsync_dir(final.parent)
-    marker = final / COMPLETE_MARKER
-    tmp = final / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": checkpoint_step(final)}))
+def mark_complete(path: Path) -> None:
+    """Every file of the checkpoint flushed to disk, then the completion marker (written atomically). The fsync
+    comes first: after a power loss the marker must never stand beside files the disk did not keep."""
+    fsync_tree(path)
+    marker = path / COMPLETE_MARKER
+    tmp = path / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps({"step": checkpoint_step(path)}))
     fsync_file(tmp)
     os.replace(tmp, marker)
-    fsync_dir(final)
+    fsync_dir(path)
 
 
 def rotate(root: Path, limit: int, keep: Path | None = None) -> None:
-    """Keep the newest `limit` complete checkpoints (plus `keep`, the best one); drop incomplete leftovers."""
+    """Keep the newest `limit` complete checkpoints (plus `keep`, the best one; limit 0 keeps them all); drop
+    incomplete leftovers."""
     ckpts = list_checkpoints(root)
     complete = [p for p in ckpts if is_complete(p)]
     for p in ckpts:
@@ -104,10 +102,3 @@ def rotate(root: Path, limit: int, keep: Path | None = None) -> None:
     for stale in root.glob(".staging-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
-
-def fix_state_paths(trainer_state: Path, staging: Path, root: Path) -> None:
-    """trainer_state.json records best_model_checkpoint with the staging path; point it at the final folder."""
-    if not trainer_state.is_file():
-        return
-    text = trainer_state.read_text()
-    trainer_state.write_text(text.replace(str(staging), str(root)))

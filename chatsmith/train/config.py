@@ -8,6 +8,7 @@ keys (a stage's too); nested LoRA keys are spelt `--lora-r 16` or `--lora.r 16`.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,13 @@ from chatsmith.yamlfile import read_mapping
 
 class ConfigError(ChatsmithError):
     """A training config with an unknown key or a bad value."""
+
+
+# report_to: the experiment trackers TrainingArguments takes, each with the module its callback needs
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+            "comet_ml": ("comet_ml",), "clearml": ("clearml",), "azure_ml": ("azureml",), "neptune": ("neptune",),
+            "dvclive": ("dvclive",), "dagshub": ("dagshub",), "codecarbon": ("codecarbon",),
+            "swanlab": ("swanlab",), "trackio": ("trackio",), "flyte": ("flytekit",)}
 
 
 class LoraSettings(BaseModel):
@@ -114,6 +122,26 @@ class TrainConfig(Hyper):
     stages: list[Stage] | None = None
     ddp_backend: str | None = None            # default: gloo on CPU, nccl on GPU
     dataloader_workers: int = Field(0, ge=0)
+    # experiment tracking, as TrainingArguments.report_to: "none", "all" (every one installed), a tracker or a list
+    report_to: str | list[str] = "none"
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        names = [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            return v                          # the type check below says what is wrong
+        if names in (["none"], ["all"]):
+            return names[0]
+        for name in names:
+            if name in ("none", "all"):
+                raise ValueError(f"{name!r} stands alone, not in a list of trackers")
+            if name not in TRACKERS:
+                raise ValueError(f"unknown tracker {name!r}{_suggest(name, ['none', 'all', *TRACKERS])}; "
+                                 f"one of none, all, {', '.join(TRACKERS)}")
+            if not any(importlib.util.find_spec(m) for m in TRACKERS[name]):
+                raise ValueError(f"{name} is not installed (pip install {TRACKERS[name][0]})")
+        return names
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

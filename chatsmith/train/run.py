@@ -251,9 +251,12 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
         unpacked_features,
     )
     from chatsmith.train.trainer import (
+        LOG_DIR,
         ChatsmithTrainer,
+        CheckpointCallback,
         MetricsCallback,
         gather_checksums,
+        log_beside_metrics,
         training_arguments,
     )
 
@@ -295,7 +298,9 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
                                  resume_step=ck.checkpoint_step(resume) or 0 if resume else 0, stage=st.name)
     trainer = ChatsmithTrainer(model=model, args=args, train_dataset=ListDataset(train_rows),
                                eval_dataset=ListDataset(val_rows) if val_rows else None, data_collator=collator,
-                               callbacks=[metrics_cb, *(callbacks or [])], save_total_limit=cfg.save_total_limit)
+                               callbacks=[metrics_cb, CheckpointCallback(cfg.save_total_limit), *(callbacks or [])],
+                               warmup_ratio=cfg.warmup_ratio)
+    log_beside_metrics(trainer, st.dir / LOG_DIR)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):
@@ -318,7 +323,7 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
     if _is_main():
         stage_lineage = {**lineage, "stages": [*lineage["stages"], entry]}
         # published whole: the checkpoints go with the old directory unless they are kept
-        carry = (METRICS_FILE, "checkpoints") if plan.cfg.keep_checkpoints else (METRICS_FILE,)
+        carry = (METRICS_FILE, LOG_DIR, "checkpoints") if plan.cfg.keep_checkpoints else (METRICS_FILE, LOG_DIR)
         save_output(st.dir, None if sharded else trainer.model, plan.tokenizer, plan.template, method=cfg.method,
                     base_model=base_model, lineage=stage_lineage, staged=sharded_dir if sharded else None,
                     carry=carry)

@@ -1,11 +1,15 @@
-"""HF Trainer setup: arguments from our config, atomic checkpoints, metrics.jsonl and a progress bar with loss
-and tokens/s. There is no training loop here; the Trainer (with accelerate underneath) is the loop, so
+"""HF Trainer setup: arguments from our config, checkpoints marked complete, metrics.jsonl and a progress bar with
+loss and tokens/s. There is no training loop here; the Trainer (with accelerate underneath) is the loop, so
 torchrun / `accelerate launch` data parallelism, FSDP and DeepSpeed all come from it.
+
+Only the Trainer's public extension points are used (TrainingArguments, callbacks, compute_loss and
+create_scheduler), so that every transformers release pyproject allows behaves the same.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -28,7 +32,6 @@ def training_arguments(cfg: TrainConfig, ckpt_root: Path, dtype: torch.dtype, ha
     if has_val and cfg.save_steps % eval_steps:
         raise ConfigError(f"save_steps ({cfg.save_steps}) must be a multiple of eval_steps ({eval_steps}) so the "
                           "best checkpoint can be kept")
-    warmup: float = cfg.warmup_steps if cfg.warmup_steps else cfg.warmup_ratio   # < 1 means a ratio in v5
     accumulation = cfg.gradient_accumulation
     if cfg.global_batch_size:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -45,7 +48,7 @@ def training_arguments(cfg: TrainConfig, ckpt_root: Path, dtype: torch.dtype, ha
         gradient_accumulation_steps=accumulation,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=warmup,
+        warmup_steps=cfg.warmup_steps,        # a whole number of steps; warmup_ratio: ChatsmithTrainer.create_scheduler
         weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
@@ -68,7 +71,7 @@ def training_arguments(cfg: TrainConfig, ckpt_root: Path, dtype: torch.dtype, ha
         load_best_model_at_end=has_val,
         metric_for_best_model="eval_loss" if has_val else None,
         greater_is_better=False if has_val else None,
-        report_to="none",
+        report_to=cfg.report_to,
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_workers,
@@ -89,13 +92,12 @@ def _ddp_backend(cfg: TrainConfig, on_gpu: bool) -> str | None:
 
 
 class ChatsmithTrainer(Trainer):
-    """Trainer with atomic, marker-completed checkpoints and a count of real (non-padding) tokens."""
+    """Trainer with a count of real (non-padding) tokens and warmup_ratio turned into whole steps."""
 
-    def __init__(self, *args, save_total_limit: int = 2, **kwargs):
+    def __init__(self, *args, warmup_ratio: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.real_tokens = 0
-        self._staging: str | None = None
-        self._limit = save_total_limit
+        self.warmup_ratio = warmup_ratio
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n = inputs.pop("num_real_tokens", None)
@@ -106,37 +108,64 @@ class ChatsmithTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
-    def _get_output_dir(self, trial) -> str:
-        return self._staging or super()._get_output_dir(trial)
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The warmup as a whole number of steps, computed where the step count is first known: transformers 5
+        reads a float `warmup_steps` below 1 as a ratio (and has dropped `warmup_ratio`), older releases read it
+        as a step count. An int means the same to all of them."""
+        if self.warmup_ratio and not self.args.warmup_steps:
+            self.args.warmup_steps = math.ceil(num_training_steps * self.warmup_ratio)
+        return super().create_scheduler(num_training_steps, optimizer)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        root = Path(self.args.output_dir)
-        step = self.state.global_step
-        staging = root / f".staging-{step}"
-        self._staging = str(staging)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging = None
-        self._barrier()                          # every rank has written its RNG state into staging
-        final = root / f"checkpoint-{step}"
-        if self.args.should_save:
-            staged = staging / final.name
-            ck.fix_state_paths(staged / "trainer_state.json", staging, root)
-            ck.publish(staged, final)
-            staging.rmdir() if staging.exists() and not any(staging.iterdir()) else None
+
+class CheckpointCallback(TrainerCallback):
+    """Marks each checkpoint complete once all of it is on disk, then keeps the newest `limit` (and the best).
+
+    The Trainer writes `checkpoint-N` file by file and calls on_save when it is done (every rank has written its
+    RNG state by the first barrier); a kill before that leaves a folder without the marker, which a resume skips
+    and the next run removes before it saves."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def on_train_begin(self, args, state, control, **kw):
+        if args.should_save:       # a checkpoint cut short must not take this run's files on top of its own
+            ck.rotate(Path(args.output_dir), 0)
+
+    def on_save(self, args, state, control, **kw):
+        _barrier()
+        root = Path(args.output_dir)
+        if args.should_save:
+            ck.mark_complete(root / f"checkpoint-{state.global_step}")
             best = None
-            if self.state.best_global_step:
-                cand = root / f"checkpoint-{self.state.best_global_step}"
+            if state.best_global_step:
+                cand = root / f"checkpoint-{state.best_global_step}"
                 if ck.is_complete(cand):
                     best = cand
-                    self.state.best_model_checkpoint = str(cand)
-            ck.rotate(root, self._limit, keep=best)
-        self._barrier()
+                    state.best_model_checkpoint = str(cand)
+            ck.rotate(root, self.limit, keep=best)
+        _barrier()
 
-    def _barrier(self) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+
+LOG_DIR = "logs"          # report_to tensorboard: event files here, beside metrics.jsonl
+
+
+def log_beside_metrics(trainer: Trainer, log_dir: Path) -> None:
+    """TensorBoard's event files go into `log_dir` beside metrics.jsonl rather than under the checkpoints, where
+    the Trainer's own TensorBoardCallback would put them (`logging_dir` is gone from transformers 5's
+    TrainingArguments): on the main process that callback is replaced by one given a writer on `log_dir`. Other
+    integrations (wandb, mlflow, ...) log where their own settings say."""
+    if "tensorboard" not in trainer.args.report_to or not is_main_process():
+        return
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    trainer.pop_callback(TensorBoardCallback)
+    trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(log_dir))))
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def accepts_logits_to_keep(model: Any) -> bool:
