@@ -64,7 +64,7 @@ def hold_hung_up_requests(monkeypatch) -> list:
     HOLD_AT of them and is not cancelled: such a request can then only end by being cancelled (its client hanging
     up), never by the tiny model simply finishing before anyone checks (it decodes 300 tokens in well under a
     second). A hold gives up after HOLD_S in all, so without cancellation the test fails instead of hanging."""
-    from chatsmith.engine.hf import DecodeBatch
+    from chatsmith.engine.transformers_engine import DecodeBatch
     from chatsmith.engine.scheduler import Scheduler
 
     handles: list = []
