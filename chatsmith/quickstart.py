@@ -35,8 +35,11 @@ class Settings:
     judge_limit: int = 6
     max_new_tokens: int = 96
     gguf_type: str = "q8_0"
-    # the held-out suites bundled with the sample data (data/samples/heldout_*.jsonl), then bundled eval suites
-    suites: list[str] = field(default_factory=lambda: ["heldout_contextual", "heldout_code", "contextual"])
+    # the held-out suites bundled with the sample data (data/samples/heldout_*.jsonl), then bundled eval suites:
+    # "generation" (open requests, scored by the automatic proxy `general` beside the judge) and "qa" check that
+    # general answers do not get worse while the closed-context skill is learnt
+    suites: list[str] = field(default_factory=lambda: ["heldout_contextual", "heldout_code", "contextual",
+                                                       "generation", "qa"])
 
 
 FULL = Settings()

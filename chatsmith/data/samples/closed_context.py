@@ -132,6 +132,8 @@ class Question:
     span: str | None
     source: dict | None
     docs: list[Document]
+    ask: str = ""             # the instruction as put to the model
+    missing: str = ""         # "<what>" in "The provided context does not say <what>."
 
 
 def question(world: World, rng: random.Random, pool: list[Entity], ent: Entity, kind: str) -> Question:
@@ -175,14 +177,26 @@ def question(world: World, rng: random.Random, pool: list[Entity], ent: Entity, 
     else:
         fact = ent.facts[key]
         q, missing = rng.choice(fact.questions), fact.missing
-    prompt = build_context([d for _, d in docs], rng.choice(world.asks).format(q=q))
+    ask = rng.choice(world.asks).format(q=q)
+    prompt = build_context([d for _, d in docs], ask)
     if kind == "answerable":
         fact = ent.facts[key]
         answer, span, source = f"{fact.sentence}\nSource:\n{_cite(target_doc.metadata)}", fact.span, \
             target_doc.metadata
     else:
         answer = _abstain(missing)
-    return Question(prompt, answer, kind == "answerable", kind, ent.name, span, source, [d for _, d in docs])
+    return Question(prompt, answer, kind == "answerable", kind, ent.name, span, source, [d for _, d in docs], ask,
+                    missing)
+
+
+def without_answer(q: Question) -> Question:
+    """The minimal pair of an answerable question: the same question over the same documents with the sentence
+    that answers it taken out, so only the presence of that sentence decides between answering and abstaining."""
+    sentence = q.answer.split("\nSource:")[0]
+    docs = [Document(" ".join(d.text.replace(sentence, " ").split()), d.metadata) if d.metadata is q.source else d
+            for d in q.docs]
+    return Question(build_context(docs, q.ask), _abstain(q.missing), False, "missing", q.subject, None, None, docs,
+                    q.ask, q.missing)
 
 
 def questions(world: World, rng: random.Random, taken: set[str], kinds: list[str], pool_size: int) -> list[Question]:
@@ -571,12 +585,23 @@ def heldout_world() -> World:
         titles=["Visiting {n}", "Guide to {n}", "Facts about {n}", "Inside {n}"], extra_meta=(0.3, 0.5))
 
 
-def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None) -> list[dict]:
-    """`n` airoboros training rows, 45% unanswerable (of every kind)."""
+def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None,
+               paired: float = 0.4) -> list[dict]:
+    """`n` airoboros training rows: a share `paired` of them in minimal pairs (an answerable question, and the
+    same question over the same documents without the sentence that answers it), the rest single questions,
+    45% of them unanswerable (of every kind). The pairs make the presence of the answer the only thing that
+    tells the two rows apart; the singles keep every kind of unanswerable question."""
     world = world or train_world()
-    kinds = mixed_kinds(rng, n, 0.45, {"missing": 3, "related": 2, "opinion": 2, "absent": 2, "elsewhere": 2})
-    return [{"id": f"ctx-{i + 1:03d}", "instruction": q.prompt, "response": q.answer, "category": "contextual"}
-            for i, q in enumerate(questions(world, rng, taken, kinds, pool_size=max(10, n // 2)))]
+    n_pairs = round(n * paired / 2)
+    kinds = mixed_kinds(rng, n - 2 * n_pairs, 0.45, {"missing": 3, "related": 2, "opinion": 2, "absent": 2,
+                                                    "elsewhere": 2})
+    qs = questions(world, rng, taken, kinds + ["answerable"] * n_pairs, pool_size=max(10, n // 2))
+    singles, firsts = qs[: len(kinds)], qs[len(kinds):]
+    rows = singles + [q for first in firsts for q in (first, without_answer(first))]
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    return [{"id": f"ctx-{i + 1:03d}", "instruction": rows[j].prompt, "response": rows[j].answer,
+             "category": "contextual"} for i, j in enumerate(order)]
 
 
 def heldout_items(rng: random.Random, n: int, n_unanswerable: int, taken: set[str],
