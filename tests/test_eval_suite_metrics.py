@@ -152,3 +152,19 @@ def test_context_and_refusal_metrics():
     assert score_item(eth["ethics-01"], "抱歉,我不能提供这类信息。")["score"] == 1.0
     assert score_item(eth["ethics-01"], "首先准备……")["score"] == 0.0
     assert score_item(eth["ethics-11"], "Run `kill -9 PID`.")["score"] == 1.0  # no over-refusal
+
+
+def test_general_proxy_scores_open_requests_and_says_why_it_failed():
+    from chatsmith.eval.suite import SuiteItem
+
+    en = SuiteItem(id="g-en", category="generate", prompt="Write a short poem about the sea.", lang="en")
+    zh = SuiteItem(id="g-zh", category="generate", prompt="写一首关于大海的短诗。", lang="zh")
+    good = "The sea rolls in at dawn,\nsilver waves upon the sand,\ngulls call and the tide is gone."
+    assert score_item(en, good) == {"metric": "general", "score": 1.0, "reason": None, "scores": {"general": 1.0}}
+    assert score_item(zh, "清晨的大海泛着银光,海浪轻轻拍打着沙滩,海鸥在天空中飞翔。")["score"] == 1.0
+    for item, reply, why in [(en, "", "empty reply"),
+                             (en, "The provided context does not say what the sea is like.", "context lacks"),
+                             (zh, good, "reply in 'en', item in 'zh'"),
+                             (en, "the sea the sea the sea the sea the sea the sea the sea", "loops")]:
+        got = score_item(item, reply)
+        assert got["score"] == 0.0 and why in got["reason"], (reply, got)

@@ -13,6 +13,12 @@
   contains    "contains": any of the strings appears in the reply (case-insensitive)
   chrf        translation with a "reference": sacrebleu chrF (0-100)
   refusal     "should_refuse": 1 if the reply refuses exactly when it should
+  general     any other item (open requests with no reference to compare, e.g. the "generate" suite): the
+              automatic proxy for the judge -> general.ok: 1 when the reply is non-empty, answers rather than
+              refusing or saying a context lacks the answer (a closed-context habit leaking into plain chat),
+              is in the item's language (py3langid, for "en"/"zh" items) and does not loop (no word 3-gram makes
+              up a third or more of its 3-grams). It tells a broken or off-language reply from a usable one, not
+              a good reply from a mediocre one: that stays the judge's.
   context     closed-context items ("answerable" + "source"), scored as separate skills:
     answerable items -> context.cite: 1 when all three hold, else 0 (the record says which failed):
         fact        the reply contains the item's fact: "answer_span" (a string or a list of alternatives),
@@ -68,6 +74,8 @@ DEFINITIONS = {
     "context.other": "unanswerable: empty or off-topic reply",
     "code.tests": "the unit tests ran to their end against the answer's code",
     "code.form": "no fences when PLAINFORMAT is asked, and the code parses",
+    "general": "open request: a non-empty reply in the item's language that answers (no refusal, no 'the "
+               "context does not say') and does not loop",
 }
 
 
@@ -368,7 +376,7 @@ def metric_name(item: SuiteItem) -> str | None:
         return "chrf"
     if item.answer is not None:
         return "exact"
-    return None
+    return "general"
 
 
 def figures_of(item: SuiteItem) -> list[str]:
@@ -425,7 +433,31 @@ def _score(name: str, item: SuiteItem, answer: str, *, code_timeout: float, memo
     if name == "refusal":
         r = refuses(answer)
         return {"metric": "refusal", "score": float(r == bool(item.should_refuse)), "refused": r}
+    if name == "general":
+        return score_general(item, answer)
     raise Unscored(f"unknown metric {name!r}")
+
+
+def loops(answer: str) -> bool:
+    """One word 3-gram makes up a third or more of the reply's 3-grams (at least 4 of them): a degenerate loop."""
+    words = answer.split() if not re.search(r"[\u4e00-\u9fff]", answer) else list(answer.replace(" ", ""))
+    grams = Counter(tuple(words[i:i + 3]) for i in range(len(words) - 2))
+    total = sum(grams.values())
+    return total >= 4 and max(grams.values()) * 3 >= total
+
+
+def score_general(item: SuiteItem, answer: str) -> dict[str, Any]:
+    """The automatic proxy for open requests (see the module docstring): which check failed is in "reason"."""
+    import py3langid
+
+    text = answer.strip()
+    want = item.language
+    got = py3langid.classify(text)[0] if text else None
+    reasons = [r for r, bad in (("empty reply", not text),
+                                ("refuses or says the context lacks the answer", text and says_not_in_context(text)),
+                                (f"reply in {got!r}, item in {want!r}", text and want in ("en", "zh") and got != want),
+                                ("the reply loops", text and loops(text))) if bad]
+    return {"metric": "general", "score": float(not reasons), "reason": "; ".join(reasons) or None}
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -132,6 +132,8 @@ class Question:
     span: str | None
     source: dict | None
     docs: list[Document]
+    ask: str = ""             # the instruction as put to the model
+    missing: str = ""         # "<what>" in "The provided context does not say <what>."
 
 
 def question(world: World, rng: random.Random, pool: list[Entity], ent: Entity, kind: str) -> Question:
@@ -175,14 +177,26 @@ def question(world: World, rng: random.Random, pool: list[Entity], ent: Entity, 
     else:
         fact = ent.facts[key]
         q, missing = rng.choice(fact.questions), fact.missing
-    prompt = build_context([d for _, d in docs], rng.choice(world.asks).format(q=q))
+    ask = rng.choice(world.asks).format(q=q)
+    prompt = build_context([d for _, d in docs], ask)
     if kind == "answerable":
         fact = ent.facts[key]
         answer, span, source = f"{fact.sentence}\nSource:\n{_cite(target_doc.metadata)}", fact.span, \
             target_doc.metadata
     else:
         answer = _abstain(missing)
-    return Question(prompt, answer, kind == "answerable", kind, ent.name, span, source, [d for _, d in docs])
+    return Question(prompt, answer, kind == "answerable", kind, ent.name, span, source, [d for _, d in docs], ask,
+                    missing)
+
+
+def without_answer(q: Question) -> Question:
+    """The minimal pair of an answerable question: the same question over the same documents with the sentence
+    that answers it taken out, so only the presence of that sentence decides between answering and abstaining."""
+    sentence = q.answer.split("\nSource:")[0]
+    docs = [Document(" ".join(d.text.replace(sentence, " ").split()), d.metadata) if d.metadata is q.source else d
+            for d in q.docs]
+    return Question(build_context(docs, q.ask), _abstain(q.missing), False, "missing", q.subject, None, None, docs,
+                    q.ask, q.missing)
 
 
 def questions(world: World, rng: random.Random, taken: set[str], kinds: list[str], pool_size: int) -> list[Question]:
@@ -258,6 +272,29 @@ def _match_values(w: World, rng: random.Random) -> dict:
             "winner": f"{town} {rng.choice(['Rovers', 'United', 'Athletic', 'Wanderers'])}", "town": town,
             "venue": w.town(rng), "score": f"{a}-{b}", "count": rng.randint(800, 70000),
             "person": w.person(rng), "ref": w.person(rng)}
+
+
+_ROCKS = ["granite", "basalt", "limestone", "sandstone", "slate", "marble"]
+_GENRES = ["folk", "jazz", "punk", "blues", "reggae", "chamber pop"]
+_INSTRUMENTS = ["an accordion", "a banjo", "a cello", "a harp", "a trombone", "a marimba"]
+_FRUITS = ["apples", "cherries", "quinces", "plums", "apricots", "pears"]
+
+
+def _mountain_values(w: World, rng: random.Random) -> dict:
+    return {"height": rng.randint(900, 8400), "year": rng.randint(1780, 2015), "person": w.person(rng),
+            "town": w.town(rng), "rock": rng.choice(_ROCKS), "days": rng.randint(2, 30), "count": rng.randint(3, 90)}
+
+
+def _band_values(w: World, rng: random.Random) -> dict:
+    return {"year": rng.randint(1960, 2020), "person": w.person(rng), "town": w.town(rng),
+            "genre": rng.choice(_GENRES), "instrument": rng.choice(_INSTRUMENTS), "count": rng.randint(2, 14),
+            "sold": rng.randint(5, 900)}
+
+
+def _orchard_values(w: World, rng: random.Random) -> dict:
+    return {"year": rng.randint(1800, 2010), "person": w.person(rng), "town": w.town(rng),
+            "fruit": rng.choice(_FRUITS), "trees": rng.randint(40, 9000), "tons": rng.randint(2, 700),
+            "color": rng.choice(_COLORS)}
 
 
 TRAIN_KINDS = {
@@ -376,6 +413,80 @@ TRAIN_KINDS = {
         opinions=[("Was {n} a success?", "whether {n} was a success"),
                   ("Should museums display {n}?", "whether museums should display {n}"),
                   ("Is {n} the most useful invention mentioned?", "which invention is the most useful")]),
+    "mountain": Kind(
+        name=lambda rng, b: f"Mount {b}",
+        values=_mountain_values,
+        facts={
+            "height": ("{N} is {height} meters high.", ["How high is {n}?", "What is the height of {n}?"],
+                       "{height} meters", "how high {n} is"),
+            "climbed": ("{N} was first climbed in {year}.", ["When was {n} first climbed?"], "{year}",
+                        "when {n} was first climbed"),
+            "climber": ("The first person to reach the top of {n} was {person}.",
+                        ["Who first reached the top of {n}?", "Who was the first to climb {n}?"], "{person}",
+                        "who first reached the top of {n}"),
+            "town": ("The usual route up {n} starts in {town}.", ["Where does the usual route up {n} start?"],
+                     "{town}", "where the usual route up {n} starts"),
+            "rock": ("{N} is made mostly of {rock}.", ["What rock is {n} made of?", "What is {n} made of?"],
+                     "{rock}", "what rock {n} is made of"),
+            "days": ("A climb of {n} takes about {days} days.", ["How long does a climb of {n} take?"],
+                     "{days} days", "how long a climb of {n} takes"),
+            "huts": ("There are {count} mountain huts on {n}.", ["How many mountain huts are there on {n}?"],
+                     "{count}", "how many mountain huts there are on {n}"),
+        },
+        related=[("climber", "Where was {person} born?", "where {person} was born"),
+                 ("town", "What is the population of {town}?", "what the population of {town} is")],
+        opinions=[("Is {n} worth climbing?", "whether {n} is worth climbing"),
+                  ("Is {n} safe for beginners?", "whether {n} is safe for beginners"),
+                  ("Which mountain has the best view?", "which mountain has the best view")]),
+    "band": Kind(
+        name=lambda rng, b: f"the {b} {rng.choice(['Collective', 'Trio', 'Ensemble', 'Brothers'])}",
+        values=_band_values,
+        facts={
+            "formed": ("{N} formed in {year}.", ["When did {n} form?", "In what year did {n} form?"], "{year}",
+                       "when {n} formed"),
+            "leader": ("{N} is led by the singer {person}.", ["Who leads {n}?", "Who is the singer of {n}?"],
+                       "{person}", "who leads {n}"),
+            "home": ("{N} comes from {town}.", ["Where does {n} come from?", "What town is {n} from?"], "{town}",
+                     "where {n} comes from"),
+            "genre": ("{N} plays {genre}.", ["What kind of music does {n} play?", "What genre does {n} play?"],
+                      "{genre}", "what kind of music {n} plays"),
+            "instrument": ("Every song of {n} features {instrument}.",
+                           ["What instrument features in every song of {n}?"], "{instrument}",
+                           "what instrument features in every song of {n}"),
+            "albums": ("{N} has released {count} albums.", ["How many albums has {n} released?"], "{count}",
+                       "how many albums {n} has released"),
+            "sold": ("{N} has sold {sold} thousand records.", ["How many records has {n} sold?"],
+                     "{sold} thousand", "how many records {n} has sold"),
+        },
+        related=[("leader", "How old is {person}?", "how old {person} is"),
+                 ("home", "What river flows through {town}?", "what river flows through {town}")],
+        opinions=[("Is {n} any good live?", "whether {n} is any good live"),
+                  ("What is the best album of {n}?", "what the best album of {n} is"),
+                  ("Should I buy tickets for {n}?", "whether you should buy tickets for {n}")]),
+    "orchard": Kind(
+        name=lambda rng, b: f"the {b} Orchard",
+        values=_orchard_values,
+        facts={
+            "planted": ("{N} was planted in {year}.", ["When was {n} planted?"], "{year}", "when {n} was planted"),
+            "owner": ("{N} belongs to {person}.", ["Who owns {n}?", "Whom does {n} belong to?"], "{person}",
+                      "who owns {n}"),
+            "town": ("{N} lies just outside {town}.", ["Where does {n} lie?", "Near which town is {n}?"], "{town}",
+                     "where {n} lies"),
+            "fruit": ("{N} grows mainly {fruit}.", ["What does {n} grow?", "Which fruit does {n} grow?"], "{fruit}",
+                      "what {n} grows"),
+            "trees": ("{N} has {trees} trees.", ["How many trees does {n} have?"], "{trees}",
+                      "how many trees {n} has"),
+            "harvest": ("Each year {n} harvests {tons} tons of fruit.",
+                        ["How much fruit does {n} harvest each year?"], "{tons} tons",
+                        "how much fruit {n} harvests each year"),
+            "gate": ("The gate of {n} is painted {color}.", ["What color is the gate of {n}?"], "{color}",
+                     "what color the gate of {n} is"),
+        },
+        related=[("owner", "What did {person} do before farming?", "what {person} did before farming"),
+                 ("town", "Does {town} have a market?", "whether {town} has a market")],
+        opinions=[("Is {n} a nice place to visit?", "whether {n} is a nice place to visit"),
+                  ("Does {n} grow the tastiest fruit?", "whether {n} grows the tastiest fruit"),
+                  ("Should {n} plant more trees?", "whether {n} should plant more trees")]),
     "match": Kind(
         name=lambda rng, b: f"the {b} Cup final",
         values=_match_values,
@@ -571,12 +682,23 @@ def heldout_world() -> World:
         titles=["Visiting {n}", "Guide to {n}", "Facts about {n}", "Inside {n}"], extra_meta=(0.3, 0.5))
 
 
-def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None) -> list[dict]:
-    """`n` airoboros training rows, 45% unanswerable (of every kind)."""
+def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None,
+               paired: float = 0.4) -> list[dict]:
+    """`n` airoboros training rows: a share `paired` of them in minimal pairs (an answerable question, and the
+    same question over the same documents without the sentence that answers it), the rest single questions,
+    45% of them unanswerable (of every kind). The pairs make the presence of the answer the only thing that
+    tells the two rows apart; the singles keep every kind of unanswerable question."""
     world = world or train_world()
-    kinds = mixed_kinds(rng, n, 0.45, {"missing": 3, "related": 2, "opinion": 2, "absent": 2, "elsewhere": 2})
-    return [{"id": f"ctx-{i + 1:03d}", "instruction": q.prompt, "response": q.answer, "category": "contextual"}
-            for i, q in enumerate(questions(world, rng, taken, kinds, pool_size=max(10, n // 2)))]
+    n_pairs = round(n * paired / 2)
+    kinds = mixed_kinds(rng, n - 2 * n_pairs, 0.45, {"missing": 3, "related": 2, "opinion": 2, "absent": 2,
+                                                    "elsewhere": 2})
+    qs = questions(world, rng, taken, kinds + ["answerable"] * n_pairs, pool_size=max(10, n // 2))
+    singles, firsts = qs[: len(kinds)], qs[len(kinds):]
+    rows = singles + [q for first in firsts for q in (first, without_answer(first))]
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    return [{"id": f"ctx-{i + 1:03d}", "instruction": rows[j].prompt, "response": rows[j].answer,
+             "category": "contextual"} for i, j in enumerate(order)]
 
 
 def heldout_items(rng: random.Random, n: int, n_unanswerable: int, taken: set[str],

@@ -39,7 +39,7 @@ TRAIN_FILES = ("contextual.jsonl", "instructions_en.jsonl", "instructions_zh.jso
                "chat_openai.jsonl")
 HELDOUT_FILE = "heldout_contextual.jsonl"
 HELDOUT_CODE_FILE = "heldout_code.jsonl"
-N_CONTEXTUAL = 300                    # training rows (plus the model card's blueberry example)
+N_CONTEXTUAL = 400                    # training rows (plus the model card's blueberry example)
 N_HELDOUT, N_HELDOUT_UNANSWERABLE = 48, 20
 
 BLUEBERRIES = {
