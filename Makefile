@@ -43,6 +43,7 @@ demo: setup
 	$(BIN)/chatsmith quickstart
 
 test: setup setup-llamacpp browser
+	$(BIN)/ruff check .      # the lint rules are in pyproject.toml [tool.ruff]
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 
 test-fast: setup

@@ -26,7 +26,8 @@ VERBS: dict[str, object] = {
                 "build an airoboros closed-context prompt, or parse sources from a reply"),
     "data": {
         "prepare": ("chatsmith.data.prepare", "prepare", "read, validate, mix and split data sets into train/val"),
-        "inspect": ("chatsmith.data.inspect", "inspect", "show rendered samples with trainable tokens and length stats"),
+        "inspect": ("chatsmith.data.inspect", "inspect",
+                    "show rendered samples with trainable tokens and length stats"),
         "overlap": ("chatsmith.data.overlap", "overlap", "contamination check: eval items' n-grams in training"),
     },
     "train": ("chatsmith.train.run", "train", "fine-tune (LoRA, QLoRA or full) from a YAML config or flags"),

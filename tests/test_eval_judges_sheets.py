@@ -104,7 +104,7 @@ def test_two_judges_kept_side_by_side_then_blind_sheets_round_trip(tmp_path, cli
     assert len(orders) > 1  # shuffled per item (and per rater): not one fixed order
 
     # raters fill the sheets: rater 1 scores by QUALITY, rater 2 one point lower, both blind (via the answer text)
-    for i, (t, rs) in enumerate(zip(texts, rows), 1):
+    for i, (_t, rs) in enumerate(zip(texts, rows), 1):
         for r in rs:
             r["score"] = str(QUALITY[r["answer"].split()[-1]] - (i - 1))
         with open(sheets / f"rater{i}.csv", "w", newline="", encoding="utf-8") as f:

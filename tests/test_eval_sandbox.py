@@ -208,7 +208,8 @@ def test_readme_threat_model_names_the_real_switches(capsys):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Threat model", 1)[1].split("\n## ", 1)[0]
     assert "--allow-code-execution" in section and sandbox.ALLOW_ENV in section and "bubblewrap" in section
-    for argv, flags in ((["eval", "report"], ["--allow-code-execution"]), (["serve"], ["--api-key", "--host", "--cors-origin", "--drain-timeout"])):
+    for argv, flags in ((["eval", "report"], ["--allow-code-execution"]),
+                        (["serve"], ["--api-key", "--host", "--cors-origin", "--drain-timeout"])):
         with pytest.raises(SystemExit):
             main([*argv, "--help"])
         out = capsys.readouterr().out

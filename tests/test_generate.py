@@ -146,7 +146,7 @@ class FlakyEngine:
     def stream(self, prompts, params, cancelled=None):
         from chatsmith.errors import ChatsmithError
 
-        for i, ids in enumerate(prompts):
+        for ids in prompts:
             text = self.prompts[ids[0]]
             if "boom" in text and not self.heal:
                 raise ChatsmithError("the engine broke")

@@ -155,14 +155,16 @@ def test_adapter_from_another_base_fails_cleanly(tiny_llama, tiny_root, tmp_path
     # name mismatch: a gpt_neox adapter (query_key_value) on a llama base
     neox = make_lora(tiny.build("gpt_neox", tiny_root), tmp_path / "neox-lora", seed=3,
                      targets=("query_key_value",))
-    with pytest.raises(ModelLoadError, match="neox-lora/adapter_model.safetensors: this adapter was trained on another base model"):
+    with pytest.raises(ModelLoadError,
+                       match="neox-lora/adapter_model.safetensors: this adapter was trained on another base model"):
         merge_adapters(str(tiny_llama), [str(neox)], out)
     # shape mismatch: same tensor names, a wider llama
     wide = tmp_path / "wide-llama"
     cfg = json.loads((tiny_llama / "config.json").read_text())
     LlamaForCausalLM(LlamaConfig(**{**cfg, "hidden_size": 96, "intermediate_size": 160})).save_pretrained(wide)
     wide_lora = make_lora(wide, tmp_path / "wide-lora", seed=4)
-    with pytest.raises(ModelLoadError, match="wide-lora/adapter_model.safetensors: this adapter was trained on another base model"):
+    with pytest.raises(ModelLoadError,
+                       match="wide-lora/adapter_model.safetensors: this adapter was trained on another base model"):
         merge_adapters(str(tiny_llama), [str(wide_lora)], out)
     # nothing left behind: no output, no temp directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["neox-lora", "wide-llama", "wide-lora"]

@@ -102,7 +102,10 @@ def test_embedded_model_int8_keeps_quality(smollm2_path, tmp_path):
     int8_model = models.load_model(ref, load_in_8bit=True)
     assert int8_linears(int8_model) == (30 * 7 + 1, 0)
     q8 = answer_logits(int8_model)
-    nll = lambda pairs: torch.cat([torch.nn.functional.cross_entropy(l, t, reduction="none") for l, t in pairs])  # noqa: E731
+
+    def nll(pairs):
+        return torch.cat([torch.nn.functional.cross_entropy(lg, t, reduction="none") for lg, t in pairs])
+
     ppl_full, ppl_q8 = nll(full).mean().exp().item(), nll(q8).mean().exp().item()
     agree = torch.cat([a.argmax(-1) == b.argmax(-1) for (a, _), (b, _) in zip(full, q8)]).float().mean().item()
     print(f"smollm2 answer-token perplexity fp32 {ppl_full:.3f} int8 {ppl_q8:.3f}; top-1 agreement {agree:.3f}")

@@ -50,7 +50,8 @@ def _row(fmt: str, i: int, tag: str) -> dict:
         "sharegpt": {"id": f"sg{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
         "airoboros": {"instruction": q, "response": a, "category": "orca"},
         "firefly": {"kind": "MathQA", "input": f"{i}加{i}等于多少？（{tag}）", "target": f"{i}加{i}等于{2 * i}。"},
-        "psyqa": {"question": f"我第{i}次失眠了，怎么办？（{tag}）", "description": "最近压力很大。", "answer": "试试规律作息。"},
+        "psyqa": {"question": f"我第{i}次失眠了，怎么办？（{tag}）", "description": "最近压力很大。",
+                  "answer": "试试规律作息。"},
     }[fmt]
 
 
@@ -100,7 +101,8 @@ def test_recipe_header_parser_finds_every_prepare_command():
     cmds = {p.name: prepare_commands(p) for p in TRAIN_RECIPES}
     assert len(cmds["dreamer-13b-lora-hotstart.yaml"]) == 3 and cmds["smollm2-lora-demo.yaml"] == []
     [st] = cmds["stablelm-tuned-alpha-7b.yaml"]
-    assert st[:3] == ["data", "prepare", "-i"] and "hf:Dahoas/full-hh-rlhf" in st and st[-2:] == ["-o", "data/stablelm-sft"]
+    assert st[:3] == ["data", "prepare", "-i"] and "hf:Dahoas/full-hh-rlhf" in st
+    assert st[-2:] == ["-o", "data/stablelm-sft"]
 
 
 @pytest.mark.parametrize("recipe", TRAIN_RECIPES, ids=lambda p: p.stem)

@@ -41,8 +41,9 @@ def test_llamacpp_serves_the_embedded_gguf(llama_engine):
             {"role": "user", "content": "What is the capital of France?"}])
         assert r.choices[0].message.content == want.text
         assert r.usage.prompt_tokens == len(ids)
+        question = [{"role": "user", "content": "What is the capital of France?"}]
         chunks = client.chat.completions.create(model="smollm2-gguf", max_tokens=12, temperature=0, stream=True,
-                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
+                                                messages=question)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
 
 

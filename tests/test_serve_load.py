@@ -78,7 +78,7 @@ def hold_hung_up_requests(monkeypatch) -> list:
     def held_step(self):
         for h in list(handles):
             if h.params.max_new_tokens == LONG and h.completion_tokens >= HOLD_AT and not h.done:
-                wait_until(lambda: h.cancelled, timeout=max(0.0, give_up[0] - time.monotonic()))
+                wait_until(lambda h=h: h.cancelled, timeout=max(0.0, give_up[0] - time.monotonic()))
         return real_step(self)
 
     monkeypatch.setattr(Scheduler, "submit", recording_submit)

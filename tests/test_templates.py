@@ -93,7 +93,8 @@ GOLDEN_TEXT = {
     "alpaca": ("Below is an instruction that describes a task. Write a response that appropriately completes the "
                "request.\n\n### Instruction:\nHi\n\n### Response:\nHello!</s>\n\n### Instruction:\nAgain?\n\n"
                "### Response:\nYes.</s>\n\n"),
-    "dreamer_zh": ("下面是一条描述任务的指令。请写出恰当完成该请求的回答。\n\n### 指令:\nHi\n\n### 回答:\nHello!</s>\n\n"
+    "dreamer_zh": ("下面是一条描述任务的指令。请写出恰当完成该请求的回答。\n\n"
+                   "### 指令:\nHi\n\n### 回答:\nHello!</s>\n\n"
                    "### 指令:\nAgain?\n\n### 回答:\nYes.</s>\n\n"),
     "chatml": ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
                "<|im_start|>user\nAgain?<|im_end|>\n<|im_start|>assistant\nYes.<|im_end|>\n"),
@@ -182,12 +183,14 @@ def test_airoboros_v1_seed_prompt():
 
 
 def test_stablelm_seed_prompt():
-    seed_system_prompt = """<|SYSTEM|># StableLM Tuned (Alpha version)
-- StableLM is a helpful and harmless open-source AI language model developed by StabilityAI.
-- StableLM is excited to be able to help the user, but will refuse to do anything that could be considered harmful to the user.
-- StableLM is more than just an information source, StableLM is also able to write poetry, short stories, and make jokes.
-- StableLM will refuse to participate in anything that could harm a human.
-"""
+    seed_system_prompt = (   # the seed's lines, verbatim
+        "<|SYSTEM|># StableLM Tuned (Alpha version)\n"
+        "- StableLM is a helpful and harmless open-source AI language model developed by StabilityAI.\n"
+        "- StableLM is excited to be able to help the user, but will refuse to do anything that could be considered "
+        "harmful to the user.\n"
+        "- StableLM is more than just an information source, StableLM is also able to write poetry, short stories, "
+        "and make jokes.\n"
+        "- StableLM will refuse to participate in anything that could harm a human.\n")
     prompt = f"{seed_system_prompt}<|USER|>What's your mood today?<|ASSISTANT|>"
     conv = Conversation.single("What's your mood today?")
     assert get_template("stablelm").render_text(conv, add_generation_prompt=True) == prompt

@@ -19,7 +19,8 @@ from chatsmith.train.packing import (
 
 CONVS = [
     Conversation.from_dict({"messages": [{"role": "user", "content": f"What is the capital of France? {i}"},
-                                         {"role": "assistant", "content": "The capital of France is Paris. " * (i % 3 + 1)}]})
+                                         {"role": "assistant",
+                                          "content": "The capital of France is Paris. " * (i % 3 + 1)}]})
     for i in range(7)
 ]
 

@@ -16,7 +16,8 @@ from chatsmith.errors import ChatsmithError
 from chatsmith.train import train
 
 ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                      {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]} for a in range(6) for b in range(4)]
+                      {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]}
+        for a in range(6) for b in range(4)]
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,9 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(model, data, out, **kw):
-    base = {"model": str(model), "data": str(data), "template": "vicuna_v1.1", "output_dir": str(out), "max_length": 256,
-                "batch_size": 2, "learning_rate": 5e-3, "max_steps": 6, "save_steps": 100, "logging_steps": 1, "precision": "fp32",
-                "lr_scheduler": "constant"}
+    base = {"model": str(model), "data": str(data), "template": "vicuna_v1.1", "output_dir": str(out),
+            "max_length": 256, "batch_size": 2, "learning_rate": 5e-3, "max_steps": 6, "save_steps": 100,
+            "logging_steps": 1, "precision": "fp32", "lr_scheduler": "constant"}
     return {**base, **kw}
 
 

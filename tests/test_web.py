@@ -53,7 +53,8 @@ def test_chat_page_streams_answers(served, page, tmp_path):
     # record every text the answer bubble shows while it streams
     page.evaluate("""() => { window.__partials = [];
         new MutationObserver(() => { const c = document.querySelector('.msg.assistant .content');
-            if (c && c.textContent && window.__partials.at(-1) !== c.textContent) window.__partials.push(c.textContent); })
+            if (c && c.textContent && window.__partials.at(-1) !== c.textContent)
+                window.__partials.push(c.textContent); })
         .observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true}); }""")
     # settings travel with the request
     page.fill("#max-tokens", "24")

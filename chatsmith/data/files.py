@@ -143,7 +143,7 @@ def _csv(path: Path, gz: bool) -> Iterator[tuple[int, Any]]:
     delimiter = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
     with _open_binary(path, gz) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        reader.fieldnames  # reads the header, so positions are the file's own line numbers
+        _ = reader.fieldnames  # reads the header, so positions are the file's own line numbers
         start = reader.line_num + 1
         try:
             for rec in reader:

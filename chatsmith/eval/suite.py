@@ -146,7 +146,7 @@ def bundled_suites() -> dict[str, Path]:
 
 def _bundled_by_category() -> dict[str, Path]:
     out = {}
-    for stem, p in bundled_suites().items():
+    for p in bundled_suites().values():
         with open(p, encoding="utf-8") as f:
             first = json.loads(f.readline())
         out[first["category"]] = p

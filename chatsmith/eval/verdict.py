@@ -111,13 +111,13 @@ def _from_text(text: str) -> dict[int, tuple[float | None, str]]:
         pos = int(m.group(1))
         seg = text[m.end(): marks[j + 1].start() if j + 1 < len(marks) else len(text)]
         if _EXPL_LABEL.match(seg):
-            expls[pos] = _EXPL_LABEL.sub("", seg, count=1).strip(" \t\n;;。")
+            expls[pos] = _EXPL_LABEL.sub("", seg, count=1).strip(" \t\n;;。")  # noqa: B005 (a set of characters)
             continue
         seg = _SCORE_LABEL.sub("", seg, count=1)
         sm = _LEAD_SCORE.match(seg)
         if sm and pos not in scores:
             scores[pos] = float(sm.group(1))
-            rest = seg[sm.end():].strip(" \t\n;;,,。-–:")
+            rest = seg[sm.end():].strip(" \t\n;;,,。-–:")  # noqa: B005 (a set of characters)
             rest = _EXPL_LABEL.sub("", rest, count=1).strip()
             if rest and pos not in expls:
                 expls[pos] = rest

@@ -241,8 +241,8 @@ def gguf_vocab(tokenizer, path: Path, config: dict[str, Any]) -> dict[str, Any]:
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not _is_byte_level(spec):
         raise ChatsmithError(f"{path}: the GGUF export writes byte-level BPE tokenizers (GPT-2 style); this "
-                             f"tokenizer is {model.get('type')!r} with {(spec.get('pre_tokenizer') or {}).get('type')!r} "
-                             "pre-tokenization")
+                             f"tokenizer is {model.get('type')!r} with "
+                             f"{(spec.get('pre_tokenizer') or {}).get('type')!r} pre-tokenization")
     pre = _pre_tokenizer_name(spec, path)
     n_vocab = max(int(config.get("vocab_size") or 0), len(tokenizer))
     reverse = {i: t for t, i in tokenizer.get_vocab().items()}

@@ -107,7 +107,8 @@ TEMPLATES: dict[str, Template] = {
             assistant_suffix="{eos}", turn_separator="\n\n", default_system=ALPACA_SYSTEM,
             system_with_input=ALPACA_SYSTEM_INPUT, stop_strings=("### Instruction:",)),
         InstructionTemplate(
-            name="dreamer_zh", description="DreamerGPT-style Chinese instruction format (alpaca layout, Chinese headers)",
+            name="dreamer_zh",
+            description="DreamerGPT-style Chinese instruction format (alpaca layout, Chinese headers)",
             system_format="{system}\n\n", user_format="### 指令:\n{content}\n\n",
             input_format="### 输入:\n{content}\n\n", assistant_prefix="### 回答:\n",
             assistant_suffix="{eos}", turn_separator="\n\n", default_system=DREAMER_SYSTEM,
