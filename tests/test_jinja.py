@@ -11,7 +11,25 @@ from test_templates import load_tokenizer
 
 from chatsmith.conversation import Conversation, Message
 from chatsmith.templates import TEMPLATES, get_template
-from chatsmith.templates.jinja import install_chat_template, messages_for, to_jinja
+from chatsmith.templates.jinja import install_chat_template, to_jinja
+from chatsmith.templates.registry import InstructionTemplate
+
+
+def messages_for(template, conv: Conversation) -> list[dict]:
+    """The apply_chat_template messages for `conv`, as a tool that only reads the tokenizer passes them: the system
+    prompt as a first system message, and an alpaca row's input as the first user message's "input" key (for
+    instruction templates)."""
+    msgs: list[dict] = []
+    if conv.system is not None:
+        msgs.append({"role": "system", "content": conv.system})
+    split = InstructionTemplate.split_input(conv) if isinstance(template, InstructionTemplate) else None
+    for i, m in enumerate(conv.messages):
+        if i == 0 and split is not None:
+            msgs.append({"role": "user", "content": split[0], "input": split[1]})
+        else:
+            msgs.append(m.to_dict())
+    return msgs
+
 
 NAMES = list(TEMPLATES)
 

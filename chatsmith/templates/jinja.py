@@ -2,7 +2,7 @@
 apply_chat_template, vLLM, llama.cpp, the `hf` template) prompt a saved model exactly as chatsmith trained it.
 
     tokenizer.chat_template = to_jinja(template)
-    tokenizer.apply_chat_template(messages_for(template, conv), tokenize=False, add_generation_prompt=g)
+    tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=g)   # messages: below
         == template.render_text(conv, add_generation_prompt=g)     # byte for byte
 
 Messages are [{"role": "system"?, ...}, {"role": "user", ...}, {"role": "assistant", ...}, ...]. A system message
@@ -23,7 +23,6 @@ import json
 import re
 from typing import Any
 
-from chatsmith.conversation import Conversation
 from chatsmith.templates.base import Template, bos_prefix_ids
 
 _PLACEHOLDER = re.compile(r"(\{system\}|\{content\}|\{bos\}|\{eos\})")
@@ -107,23 +106,6 @@ def to_jinja(template: Template, *, bos: bool = False) -> str:
         + _expr(t.assistant_prefix, t) + "{%- endif -%}",
     ]
     return "\n".join(x for x in out if x)
-
-
-def messages_for(template: Template, conv: Conversation) -> list[dict[str, Any]]:
-    """The apply_chat_template messages for `conv`: the system prompt as a first system message, and an
-    alpaca row's input as the first user message's "input" key (for instruction templates)."""
-    from chatsmith.templates.registry import InstructionTemplate
-
-    msgs: list[dict[str, Any]] = []
-    if conv.system is not None:
-        msgs.append({"role": "system", "content": conv.system})
-    split = InstructionTemplate.split_input(conv) if isinstance(template, InstructionTemplate) else None
-    for i, m in enumerate(conv.messages):
-        if i == 0 and split is not None:
-            msgs.append({"role": "user", "content": split[0], "input": split[1]})
-        else:
-            msgs.append(m.to_dict())
-    return msgs
 
 
 def install_chat_template(tokenizer: Any, template: Template) -> str:

@@ -42,10 +42,6 @@ def git_commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def data_entries(files: list[Path]) -> list[dict[str, Any]]:
-    return [{"path": str(f), "sha256": file_sha256(f), "bytes": f.stat().st_size} for f in files]
-
-
 def hot_start(meta: dict[str, Any], adapters: list[Path]) -> dict[str, Any] | None:
     """Where the starting weights came from beyond the base: the adapters merged into it (`chatsmith merge`,
     recorded in its chatsmith.json) and the adapter(s) training continues; each with its weights' sha256."""
