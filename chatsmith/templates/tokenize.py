@@ -37,6 +37,59 @@ def encode_segments(tokenizer: Any, segments: list[Segment]) -> tuple[list[int],
     return ids, flags
 
 
+def encode_segments_many(tokenizer: Any, rows: list[list[Segment]]) -> list[tuple[list[int], list[bool]]]:
+    """`encode_segments` for many rows at once, with the same result for each row: every distinct text piece of
+    all rows goes to ONE batched tokenizer call (a fast tokenizer encodes the batch in Rust, without a Python
+    call per piece), then each row's ids and flags are assembled from its plan. Template text repeated in every
+    row ("assistant\n", a default system prompt) is tokenized once. `data prepare` calls this per chunk of rows,
+    so memory stays bounded."""
+    texts: dict[tuple[str, bool], int] = {}   # distinct (piece, continuation?) -> its index
+    plans: list[list[tuple[bool, int, int]]] = []   # per row: (trainable, special id or -1, text index or -1)
+    spm = None
+    for segments in rows:
+        plan: list[tuple[bool, int, int]] = []
+        first, after_special = True, False
+        for trainable, chunk in _chunks(segments):
+            for piece, special_id in _pieces(tokenizer, chunk):
+                if special_id is not None:
+                    plan.append((trainable, special_id, -1))
+                elif piece:
+                    fresh = first or (after_special and _fresh_after_special(id(tokenizer), tokenizer))
+                    if not fresh and spm is None:
+                        spm = _adds_prefix_space(id(tokenizer), tokenizer)
+                    key = (piece, not fresh and bool(spm))
+                    plan.append((trainable, -1, texts.setdefault(key, len(texts))))
+                first = False
+                after_special = special_id is not None
+        plans.append(plan)
+    # a continuation piece of a SentencePiece-style tokenizer is encoded as encode_text does: after a newline,
+    # whose ids are then cut (or, where they do not come first, the piece on its own)
+    keys = list(texts)
+    encoded = _encode_many(tokenizer, ["\n" + t if cont else t for t, cont in keys]) if keys else []
+    if spm:
+        nl = _newline_ids(id(tokenizer), tokenizer)
+        for i, (text, cont) in enumerate(keys):
+            if cont:
+                ids = encoded[i]
+                encoded[i] = ids[len(nl):] if ids[:len(nl)] == nl else _encode(tokenizer, text)
+    out: list[tuple[list[int], list[bool]]] = []
+    for plan in plans:
+        ids: list[int] = []
+        flags: list[bool] = []
+        for trainable, special_id, index in plan:
+            piece_ids = [special_id] if special_id >= 0 else encoded[index]
+            ids += piece_ids
+            flags += [trainable] * len(piece_ids)
+        out.append((ids, flags))
+    return out
+
+
+def _encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    # the batched form of _encode: the same call, so the same ids for each text
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False, split_special_tokens=True,
+                                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]]
+
+
 def _chunks(segments: list[Segment]):
     cur: list[Segment] = []
     for s in segments:
