@@ -1,6 +1,6 @@
 """Benchmark: decode speed of the embedded model, fp32 against bf16, batch 1 and batch 8, in one run.
 
-    python bench/generate.py [--model smollm2] [--tokens 64] [--repeats 2] [--threads 1]
+    python bench/generate.py [--model smollm2] [--tokens 64] [--repeats 2] [--threads N] [--json FILE]
 
 Rows (a list of named measurements; each prints tokens/s and its ratio to its baseline row):
   * `generate b1 <dtype>`: plain transformers `model.generate`, greedy, batch 1: the baseline;
@@ -16,12 +16,17 @@ Decode tokens/s = generated tokens / time from the first generated token to the 
 ignored so every run generates --tokens tokens. Accuracy of bf16 against fp32: max |logit difference| on the first
 answer token, and greedy agreement (identical tokens before the first divergence, over 8 prompts). It also checks
 that batch-8 greedy outputs equal batch-1 ones for each dtype.
-`--threads 1` by default: on a shared 2-core machine torch's second OpenMP thread mostly spins.
+Every row runs on the same --threads (default: all cores, as the peers in generate_batch.py run); the same
+prompts, exactly --tokens tokens each (stops off), greedy, and the repeats interleave, so each row is warmed by
+the one before. The batch rows (chatsmith generate against llama.cpp's batched API and the one-at-a-time loops,
+on the same threads) follow from bench/generate_batch.py; --json FILE writes both parts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    ap.add_argument("--json", help="also write the results here (the batch part to FILE with .batch before .json)")
     args = ap.parse_args(argv)
 
     import torch
@@ -86,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from chatsmith.engine.base import SamplingParams
     from chatsmith.engine.hf import HFEngine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     ref = models.resolve(args.model)
     tok = models.load_tokenizer(ref)
     tpl = pick_template(None, ref.meta, tok)
@@ -185,15 +190,26 @@ def main(argv: list[str] | None = None) -> int:
           f"(logit range {float(lf.min()):.1f}..{float(lf.max()):.1f}), same first token: "
           f"{bool(lf.argmax() == lb.argmax())}; greedy tokens identical before divergence: "
           f"{sum(agree)}/{sum(len(a) for a in res['fp32'])} ({', '.join(map(str, agree))})")
+    same_batch = {}
     for dt in ("fp32", "bf16"):
         solo = [engines[dt].generate([i], greedy)[0].token_ids for i in ids]
-        same = sum(a == b for a, b in zip(solo, res[dt]))
-        print(f"batch-8 greedy == batch-1 greedy ({dt}): {same}/{len(ids)} prompts")
-    return 0
+        same_batch[dt] = sum(a == b for a, b in zip(solo, res[dt]))
+        print(f"batch-8 greedy == batch-1 greedy ({dt}): {same_batch[dt]}/{len(ids)} prompts")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "model": args.model, "tokens": args.tokens, "threads": torch.get_num_threads(), "repeats": args.repeats,
+            "tok_s": {m.name: m.value for m in rows}, "tok_per_cpu_s": {m.name: m.cpu for m in rows if m.cpu == m.cpu},
+            "ratios": {f"{m.name} / {m.baseline}": m.value / by_name[m.baseline].value for m in rows if m.baseline},
+            "bf16_greedy_agreement": [sum(agree), sum(len(a) for a in res["fp32"])],
+            "batch8_equals_batch1": same_batch}, indent=2) + "\n")
+    # batch inference rows (chatsmith generate vs llama.cpp's batched API and one-at-a-time loops), same threads
+    from generate_batch import main as batch_inference
+
+    batch_args = ["--threads", str(args.threads), "--model", args.model, "--max-new-tokens", str(args.tokens)]
+    if args.json:
+        batch_args += ["--json", str(Path(args.json).with_suffix(".batch.json"))]
+    return batch_inference(batch_args)
 
 
 if __name__ == "__main__":
-    rc = main()
-    # batch inference rows (chatsmith generate vs a model.generate loop vs llama-cpp-python): bench/generate_batch.py
-    from generate_batch import main as batch_inference
-    sys.exit(rc or batch_inference([]))
+    sys.exit(main())
