@@ -10,6 +10,7 @@ user are never recognised.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -103,27 +104,36 @@ def _chunks(segments: list[Segment]):
 
 def _pieces(tokenizer: Any, chunk: list[Segment]):
     """Yield (text, None) runs and (token, id) for special tokens found in control segments."""
-    specials = _special_tokens(tokenizer)
+    pattern, mapping = _special_pattern(id(tokenizer), tokenizer)
     buf = ""
     for seg in chunk:
-        if not seg.control or not specials:
+        if not seg.control or pattern is None:
             buf += seg.text
             continue
-        text = seg.text
-        i = 0
-        while i < len(text):
-            hit = next((t for t in specials if text.startswith(t, i)), None)
-            if hit is None:
-                buf += text[i]
-                i += 1
-                continue
+        text, i = seg.text, 0
+        for m in pattern.finditer(text):       # leftmost special, the longest one there (alternatives by length)
+            buf += text[i:m.start()]
             if buf:
                 yield buf, None
                 buf = ""
-            yield hit, _special_map(tokenizer)[hit]
-            i += len(hit)
+            yield m.group(), mapping[m.group()]
+            i = m.end()
+        buf += text[i:]
     if buf:
         yield buf, None
+
+
+def _special_pattern(key: int, tokenizer: Any) -> tuple["re.Pattern[str] | None", dict[str, int]]:
+    ordered, mapping = _cached_specials(key, tokenizer)
+    hit = _PATTERN_CACHE.get(key)
+    if hit is None or hit[0] is not tokenizer:
+        tokens = [t for t in ordered if t]
+        hit = (tokenizer, re.compile("|".join(map(re.escape, tokens))) if tokens else None)
+        _PATTERN_CACHE[key] = hit
+    return hit[1], mapping
+
+
+_PATTERN_CACHE: dict[int, tuple[Any, "re.Pattern[str] | None"]] = {}
 
 
 def _special_map(tokenizer: Any) -> dict[str, int]:
