@@ -8,7 +8,8 @@ Servers (each at its best documented setting; one that is not installed is skipp
   chatsmith           `chatsmith serve --max-batch 16` (transformers backend; bf16 on a CPU with fast bf16, the
                       dtype its `auto` picks, passed explicitly where serve takes --dtype)
   chatsmith-llamacpp  `chatsmith serve --backend llamacpp` on the f16 GGUF
-  tf-cb               `transformers serve --dtype bfloat16 --continuous-batching`
+  tf-cb               `transformers serve --dtype bfloat16 --continuous-batching` (its paged KV cache sized with
+                      --cb-num-blocks for 16 clients: its CPU default allocates until the OOM killer ends it)
   llama-server        llama.cpp's own server, `llama-server -np 16 -t THREADS`, on the f16 GGUF (chatsmith's export
                       of the same model). Found through $LLAMA_SERVER or the path /work/shared/tools/
                       build-llama-server.sh builds into (~/.cache/chatsmith/llama-server-*/llama.cpp/build/bin/);
@@ -182,8 +183,12 @@ def main() -> int:
             return ([sys.executable, "-m", "chatsmith", "serve", "--model", str(gguf), "--backend", "llamacpp",
                      "--port", str(port), "--model-name", "m", "--max-batch", "16"], "m", {})
         if name == "tf-cb":
+            # its KV cache sized for the load (16 slots of prompt + answer, twice over): left to its default on a
+            # CPU, continuous batching sizes the cache from memory and was OOM-killed here (10 GB at one request)
+            blocks = max(64, 2 * 16 * (256 + args.max_tokens) // 32)
             return ([tf, "serve", "--port", str(port), "--host", "127.0.0.1", "--dtype", "bfloat16",
-                     "--continuous-batching"], str(ref.path), {})
+                     "--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", str(blocks),
+                     "--cb-max-batch-tokens", "1024"], str(ref.path), {})
         ctx = 16 * (256 + args.max_tokens)                   # every slot: the longest prompt and the answer
         return ([llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "16",
                  "-t", threads, "-tb", threads, "-c", str(ctx)], "m", {"ignore_eos": True})
@@ -221,8 +226,10 @@ def main() -> int:
                         try:
                             row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok))
                         except Exception as e:   # a server that fails under load is a result too
-                            print(f"{name:18s} clients={c:3d}  FAILED: {type(e).__name__}: {str(e)[:200]}",
-                                  flush=True)
+                            proc.log.seek(0)
+                            tail = proc.log.read()[-800:].strip()
+                            print(f"{name:18s} clients={c:3d}  FAILED: {type(e).__name__}: {str(e)[:200]}\n"
+                                  f"  its log ends: {tail}", flush=True)
                             continue
                         best = row if best is None or row["tok_s"] > best["tok_s"] else best
                     if best is None:
