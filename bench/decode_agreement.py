@@ -88,16 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     def decode(eng) -> list[list[int]]:
         return [eng.generate([p], greedy)[0].token_ids for p in ids]
 
-    reference = hf_generate(fp32)
-    paths: dict[str, list[list[int]]] = {"engine fp32 lean-torch": decode(engine(fp32, "torch"))}
+    def done(name: str, outs: list[list[int]]) -> list[list[int]]:
+        print(f"  decoded: {name}", file=sys.stderr, flush=True)
+        return outs
+
+    reference = done("transformers fp32 generate (reference)", hf_generate(fp32))
+    paths: dict[str, list[list[int]]] = {}
+    paths["engine fp32 lean-torch"] = done("engine fp32 lean-torch", decode(engine(fp32, "torch")))
     native = engine(bf16, "native")
     if native.lean is not None and native.lean.native is not None:
-        paths["engine bf16 native"] = decode(native)
+        paths["engine bf16 native"] = done("engine bf16 native", decode(native))
     else:
         print(f"engine bf16 native: not available here ({kernels.why_not()}), skipped")
-    paths["engine bf16 lean-torch"] = decode(engine(bf16, "torch"))
-    paths["engine bf16 hf-forward"] = decode(engine(bf16, None))
-    paths["transformers bf16 generate"] = hf_generate(bf16)
+    paths["engine bf16 lean-torch"] = done("engine bf16 lean-torch", decode(engine(bf16, "torch")))
+    paths["engine bf16 hf-forward"] = done("engine bf16 hf-forward", decode(engine(bf16, None)))
+    paths["transformers bf16 generate"] = done("transformers bf16 generate", hf_generate(bf16))
 
     total = sum(len(r) for r in reference)
     print(f"\n{args.model}: greedy agreement with transformers fp32 generate, {len(ids)} prompts x {args.tokens} "

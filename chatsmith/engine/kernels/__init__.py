@@ -20,6 +20,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,7 +178,7 @@ def _compile(cmd: list[str]) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=BUILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise _Failed(f"building {SOURCE.name} took over {BUILD_TIMEOUT_S:g}s") from None
     return proc.returncode, err
