@@ -9,6 +9,7 @@ Rows (a list of named measurements; each prints tokens/s and its ratio to its ba
   * `engine b1 <dtype>`: the chatsmith engine as shipped (the lean llama step for llama models; in bf16 on a CPU
     with AVX512-BF16 its matmuls and attention are chatsmith's own kernels, engine/kernels/decode_bf16.c: the
     header line names the matmul in use; CHATSMITH_KERNELS=0 measures the oneDNN path instead);
+  * `generate b8 <dtype>`: transformers `model.generate` on the 8 prompts at once (left-padded), the baseline of:
   * `engine b8 <dtype>`: 8 prompts at once (tokens/s summed over the batch);
   * `bandwidth limit <dtype>`: measured memory read bandwidth (a streaming sum, same threads) / bytes of weights
     read per token: the batch-1 ceiling (the issue's target: engine b1 >= 70% of it).
@@ -109,19 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     ids = [engines["fp32"].prompt_ids(Conversation.single(p)) for p in PROMPTS]
     greedy = SamplingParams(max_new_tokens=args.tokens, temperature=0)
 
-    def hf_generate(dt: str) -> float:
+    def hf_generate(dt: str, rows: int = 1) -> float:
+        """model.generate on the first `rows` prompts at once (left-padded, as transformers batches them)."""
         model = engines[dt].model
-        x = torch.tensor([ids[0]])
+        width = max(len(p) for p in ids[:rows])
+        pad = engines[dt].pad_id
+        x = torch.tensor([[pad] * (width - len(p)) + p for p in ids[:rows]])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids[:rows]])
         with torch.inference_mode():
             t, c = time.perf_counter(), time.process_time()
-            model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=1, do_sample=False,
-                           pad_token_id=engines[dt].pad_id)
+            model.generate(x, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=pad)
             prefill, prefill_cpu = time.perf_counter() - t, time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
-            out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.tokens,
-                                 min_new_tokens=args.tokens, do_sample=False, pad_token_id=engines[dt].pad_id)
+            out = model.generate(x, attention_mask=mask, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                                 do_sample=False, pad_token_id=pad)
             total, total_cpu = time.perf_counter() - t, time.process_time() - c
-        n = out.shape[1] - x.shape[1] - 1
+        n = (out.shape[1] - x.shape[1] - 1) * rows
         return n / (total - prefill), n / (total_cpu - prefill_cpu)
 
     def bandwidth_limit(dt: str) -> float:
@@ -150,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"generate b1 {dt}"),
             Measurement(f"engine b1 {dt}", lambda dt=dt: timed_stream(engines[dt], ids[:1], greedy),
                         f"generate b1 {dt}"),
+            Measurement(f"generate b8 {dt}", lambda dt=dt: hf_generate(dt, len(ids))),
             Measurement(f"engine b8 {dt}", lambda dt=dt: timed_stream(engines[dt], ids, greedy),
-                        f"generate b1 {dt}"),
+                        f"generate b8 {dt}"),
             Measurement(f"bandwidth limit {dt}", lambda dt=dt: bandwidth_limit(dt)),
         ]
     for _ in range(args.repeats):         # interleaved repeats, best of each: fair on a noisy machine
