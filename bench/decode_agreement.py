@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--paths", help="comma-separated subset of the paths, in this order (default: all)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -88,39 +89,48 @@ def main(argv: list[str] | None = None) -> int:
     def decode(eng) -> list[list[int]]:
         return [eng.generate([p], greedy)[0].token_ids for p in ids]
 
-    def done(name: str, outs: list[list[int]]) -> list[list[int]]:
-        print(f"  decoded: {name}", file=sys.stderr, flush=True)
-        return outs
+    results: dict = {}
 
-    reference = done("transformers fp32 generate (reference)", hf_generate(fp32))
-    paths: dict[str, list[list[int]]] = {}
-    paths["engine fp32 lean-torch"] = done("engine fp32 lean-torch", decode(engine(fp32, "torch")))
-    native = engine(bf16, "native")
-    if native.lean is not None and native.lean.native is not None:
-        paths["engine bf16 native"] = done("engine bf16 native", decode(native))
-    else:
-        print(f"engine bf16 native: not available here ({kernels.why_not()}), skipped")
-    paths["engine bf16 lean-torch"] = done("engine bf16 lean-torch", decode(engine(bf16, "torch")))
-    paths["engine bf16 hf-forward"] = done("engine bf16 hf-forward", decode(engine(bf16, None)))
-    paths["transformers bf16 generate"] = done("transformers bf16 generate", hf_generate(bf16))
-
-    total = sum(len(r) for r in reference)
-    print(f"\n{args.model}: greedy agreement with transformers fp32 generate, {len(ids)} prompts x {args.tokens} "
-          f"tokens, {args.threads} thread(s)")
-    print(f"{'path':30} {'identical prompts':>18} {'tokens before divergence':>26}  per prompt")
-    results = {}
-    for name, outs in paths.items():
+    def report(name: str, outs: list[list[int]]) -> None:
+        """Print a path's agreement as soon as it is decoded (a slow path later on does not hold it back)."""
         agree = [prefix_agreement(a, b) for a, b in zip(reference, outs)]
         same = sum(a == b for a, b in zip(reference, outs))
+        n = sum(len(r) for r in reference)
         results[name] = {"identical_prompts": same, "prompts": len(ids), "agreeing_tokens": sum(agree),
-                         "tokens": total, "per_prompt": agree}
-        print(f"{name:30} {f'{same}/{len(ids)}':>18} {f'{sum(agree)}/{total} ({100 * sum(agree) / total:.0f}%)':>26}"
-              f"  {', '.join(map(str, agree))}")
-    tf_bf16 = paths["transformers bf16 generate"]
-    for name in [n for n in paths if "bf16" in n and n != "transformers bf16 generate"]:
+                         "tokens": n, "per_prompt": agree}
+        print(f"{name:30} identical prompts {same}/{len(ids)}; tokens before divergence {sum(agree)}/{n} "
+              f"({100 * sum(agree) / n:.0f}%): {', '.join(map(str, agree))}", flush=True)
+
+    def native_engine():
+        eng = engine(bf16, "native")
+        if eng.lean is None or eng.lean.native is None:
+            print(f"engine bf16 native: not available here ({kernels.why_not()}), skipped", flush=True)
+            return None
+        return eng
+
+    print(f"{args.model}: greedy agreement with transformers fp32 generate, {len(ids)} prompts x {args.tokens} "
+          f"tokens, {args.threads} thread(s)", flush=True)
+    reference = hf_generate(fp32)
+    runs = {"engine fp32 lean-torch": lambda: decode(engine(fp32, "torch")),
+            "engine bf16 native": lambda: (lambda e: decode(e) if e is not None else None)(native_engine()),
+            "transformers bf16 generate": lambda: hf_generate(bf16),
+            "engine bf16 lean-torch": lambda: decode(engine(bf16, "torch")),
+            "engine bf16 hf-forward": lambda: decode(engine(bf16, None))}
+    wanted = [p.strip() for p in args.paths.split(",")] if args.paths else list(runs)
+    if set(wanted) - set(runs):
+        ap.error(f"--paths: unknown {', '.join(sorted(set(wanted) - set(runs)))}; known: {', '.join(runs)}")
+    paths: dict[str, list[list[int]]] = {}
+    for name in wanted:
+        outs = runs[name]()
+        if outs is not None:
+            paths[name] = outs
+            report(name, outs)
+    tf_bf16 = paths.get("transformers bf16 generate")
+    for name in [n for n in paths if "bf16" in n and n != "transformers bf16 generate"] if tf_bf16 else []:
         agree = sum(prefix_agreement(a, b) for a, b in zip(tf_bf16, paths[name]))
         results[name]["agreeing_tokens_vs_transformers_bf16"] = agree
-        print(f"{name} against transformers bf16 generate: {agree}/{total} tokens before divergence")
+        print(f"{name} against transformers bf16 generate: {agree}/{results[name]['tokens']} tokens before "
+              "divergence")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "tokens": args.tokens, "threads": args.threads,
                                                "prompts": PROMPTS, "paths": results}, indent=2) + "\n")
