@@ -39,8 +39,12 @@ browser:
 sandbox:
 	@command -v bwrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
 
+# each phase's time: setup (the venv, from this make's start), then the quickstart's stages, then the total
+MAKE_T0 := $(shell date +%s)
 demo: setup
+	@echo "=== setup: $$(( $$(date +%s) - $(MAKE_T0) )) s ==="
 	$(BIN)/chatsmith quickstart
+	@echo "=== make demo: $$(( $$(date +%s) - $(MAKE_T0) )) s in all (setup included) ==="
 
 test: setup setup-llamacpp browser
 	$(BIN)/ruff check .      # the lint rules are in pyproject.toml [tool.ruff]

@@ -1,6 +1,6 @@
 """Benchmark: decode speed of the embedded model, fp32 against bf16, batch 1 and batch 8, in one run.
 
-    python bench/generate.py [--model smollm2] [--tokens 64] [--repeats 2] [--threads 1]
+    python bench/generate.py [--model smollm2] [--tokens 64] [--repeats 2] [--threads N] [--json FILE]
 
 Rows (a list of named measurements; each prints tokens/s and its ratio to its baseline row):
   * `generate b1 <dtype>`: plain transformers `model.generate`, greedy, batch 1: the baseline;
@@ -9,6 +9,7 @@ Rows (a list of named measurements; each prints tokens/s and its ratio to its ba
   * `engine b1 <dtype>`: the chatsmith engine as shipped (the lean llama step for llama models; in bf16 on a CPU
     with AVX512-BF16 its matmuls and attention are chatsmith's own kernels, engine/kernels/decode_bf16.c: the
     header line names the matmul in use; CHATSMITH_KERNELS=0 measures the oneDNN path instead);
+  * `generate b8 <dtype>`: transformers `model.generate` on the 8 prompts at once (left-padded), the baseline of:
   * `engine b8 <dtype>`: 8 prompts at once (tokens/s summed over the batch);
   * `bandwidth limit <dtype>`: measured memory read bandwidth (a streaming sum, same threads) / bytes of weights
     read per token: the batch-1 ceiling (the issue's target: engine b1 >= 70% of it).
@@ -16,12 +17,17 @@ Decode tokens/s = generated tokens / time from the first generated token to the 
 ignored so every run generates --tokens tokens. Accuracy of bf16 against fp32: max |logit difference| on the first
 answer token, and greedy agreement (identical tokens before the first divergence, over 8 prompts). It also checks
 that batch-8 greedy outputs equal batch-1 ones for each dtype.
-`--threads 1` by default: on a shared 2-core machine torch's second OpenMP thread mostly spins.
+Every row runs on the same --threads (default: all cores, as the peers in generate_batch.py run); the same
+prompts, exactly --tokens tokens each (stops off), greedy, and the repeats interleave, so each row is warmed by
+the one before. The batch rows (chatsmith generate against llama.cpp's batched API and the one-at-a-time loops,
+on the same threads) follow from bench/generate_batch.py; --json FILE writes both parts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    ap.add_argument("--json", help="also write the results here (the batch part to FILE with .batch before .json)")
     args = ap.parse_args(argv)
 
     import torch
@@ -86,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from chatsmith.engine.base import SamplingParams
     from chatsmith.engine.transformers_engine import HFEngine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     ref = models.resolve(args.model)
     tok = models.load_tokenizer(ref)
     tpl = pick_template(None, ref.meta, tok)
@@ -104,19 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     ids = [engines["fp32"].prompt_ids(Conversation.single(p)) for p in PROMPTS]
     greedy = SamplingParams(max_new_tokens=args.tokens, temperature=0)
 
-    def hf_generate(dt: str) -> float:
+    def hf_generate(dt: str, rows: int = 1) -> float:
+        """model.generate on the first `rows` prompts at once (left-padded, as transformers batches them)."""
         model = engines[dt].model
-        x = torch.tensor([ids[0]])
+        width = max(len(p) for p in ids[:rows])
+        pad = engines[dt].pad_id
+        x = torch.tensor([[pad] * (width - len(p)) + p for p in ids[:rows]])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids[:rows]])
         with torch.inference_mode():
             t, c = time.perf_counter(), time.process_time()
-            model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=1, do_sample=False,
-                           pad_token_id=engines[dt].pad_id)
+            model.generate(x, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=pad)
             prefill, prefill_cpu = time.perf_counter() - t, time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
-            out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.tokens,
-                                 min_new_tokens=args.tokens, do_sample=False, pad_token_id=engines[dt].pad_id)
+            out = model.generate(x, attention_mask=mask, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                                 do_sample=False, pad_token_id=pad)
             total, total_cpu = time.perf_counter() - t, time.process_time() - c
-        n = out.shape[1] - x.shape[1] - 1
+        n = (out.shape[1] - x.shape[1] - 1) * rows
         return n / (total - prefill), n / (total_cpu - prefill_cpu)
 
     def bandwidth_limit(dt: str) -> float:
@@ -145,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"generate b1 {dt}"),
             Measurement(f"engine b1 {dt}", lambda dt=dt: timed_stream(engines[dt], ids[:1], greedy),
                         f"generate b1 {dt}"),
+            Measurement(f"generate b8 {dt}", lambda dt=dt: hf_generate(dt, len(ids))),
             Measurement(f"engine b8 {dt}", lambda dt=dt: timed_stream(engines[dt], ids, greedy),
-                        f"generate b1 {dt}"),
+                        f"generate b8 {dt}"),
             Measurement(f"bandwidth limit {dt}", lambda dt=dt: bandwidth_limit(dt)),
         ]
     for _ in range(args.repeats):         # interleaved repeats, best of each: fair on a noisy machine
@@ -185,15 +195,26 @@ def main(argv: list[str] | None = None) -> int:
           f"(logit range {float(lf.min()):.1f}..{float(lf.max()):.1f}), same first token: "
           f"{bool(lf.argmax() == lb.argmax())}; greedy tokens identical before divergence: "
           f"{sum(agree)}/{sum(len(a) for a in res['fp32'])} ({', '.join(map(str, agree))})")
+    same_batch = {}
     for dt in ("fp32", "bf16"):
         solo = [engines[dt].generate([i], greedy)[0].token_ids for i in ids]
-        same = sum(a == b for a, b in zip(solo, res[dt]))
-        print(f"batch-8 greedy == batch-1 greedy ({dt}): {same}/{len(ids)} prompts")
-    return 0
+        same_batch[dt] = sum(a == b for a, b in zip(solo, res[dt]))
+        print(f"batch-8 greedy == batch-1 greedy ({dt}): {same_batch[dt]}/{len(ids)} prompts")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "model": args.model, "tokens": args.tokens, "threads": torch.get_num_threads(), "repeats": args.repeats,
+            "tok_s": {m.name: m.value for m in rows}, "tok_per_cpu_s": {m.name: m.cpu for m in rows if m.cpu == m.cpu},
+            "ratios": {f"{m.name} / {m.baseline}": m.value / by_name[m.baseline].value for m in rows if m.baseline},
+            "bf16_greedy_agreement": [sum(agree), sum(len(a) for a in res["fp32"])],
+            "batch8_equals_batch1": same_batch}, indent=2) + "\n")
+    # batch inference rows (chatsmith generate vs llama.cpp's batched API and one-at-a-time loops), same threads
+    from generate_batch import main as batch_inference
+
+    batch_args = ["--threads", str(args.threads), "--model", args.model, "--max-new-tokens", str(args.tokens)]
+    if args.json:
+        batch_args += ["--json", str(Path(args.json).with_suffix(".batch.json"))]
+    return batch_inference(batch_args)
 
 
 if __name__ == "__main__":
-    rc = main()
-    # batch inference rows (chatsmith generate vs a model.generate loop vs llama-cpp-python): bench/generate_batch.py
-    from generate_batch import main as batch_inference
-    sys.exit(rc or batch_inference([]))
+    sys.exit(main())

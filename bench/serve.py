@@ -1,23 +1,40 @@
-"""Serving throughput: 1, 4 and 16 concurrent streaming clients against `chatsmith serve` and against
-`transformers serve` (same model, same machine), without and with its --continuous-batching.
+"""Serving throughput, like with like: streaming clients against `chatsmith serve` and against the servers a user
+would pick instead, on the same model, dtype, threads, prompts and generation length.
 
-Prints, per server and client count, output tokens/s (all clients together; tokens counted by re-tokenizing what
-each stream returned, so every server is counted the same way) and time to first token p50/p99, then the
-ratios of chatsmith to the better transformers mode.
+  python bench/serve.py [--model smollm2] [--clients 1,16] [--max-tokens 64] [--threads 2] [--repeats 1]
+                        [--servers chatsmith,chatsmith-llamacpp,tf-cb,llama-server] [--gguf FILE] [--json FILE]
 
-  python bench/serve.py [--model smollm2] [--clients 1,4,16] [--max-tokens 64] [--servers chatsmith,tf,tf-cb]
-                        [--threads N]
+Servers (each at its best documented setting; one that is not installed is skipped with a printed line):
+  chatsmith           `chatsmith serve --max-batch 16` (transformers backend; bf16 on a CPU with fast bf16, the
+                      dtype its `auto` picks, passed explicitly where serve takes --dtype)
+  chatsmith-llamacpp  `chatsmith serve --backend llamacpp` on the f16 GGUF
+  tf-cb               `transformers serve --dtype bfloat16 --continuous-batching` (its paged KV cache sized with
+                      --cb-num-blocks for 16 clients: its CPU default allocates until the OOM killer ends it)
+  llama-server        llama.cpp's own server, `llama-server -np 16 -t THREADS`, on the f16 GGUF (chatsmith's export
+                      of the same model). Found through $LLAMA_SERVER or the path /work/shared/tools/
+                      build-llama-server.sh builds into (~/.cache/chatsmith/llama-server-*/llama.cpp/build/bin/);
+                      this script never builds it.
+Same on every side: OMP_NUM_THREADS=THREADS (llama.cpp: -t/-tb THREADS), the same PROMPTS (long answers asked for,
+so every stream runs to --max-tokens), temperature 0, max_tokens = --max-tokens (llama-server also gets ignore_eos),
+one warm-up round at the measured concurrency before each measurement. A stream that finishes before max_tokens is
+counted and printed: the lengths are checked, not assumed. Tokens are counted by re-tokenizing what each stream
+returned with the model's tokenizer, so every server is counted the same way.
+Printed per server and client count: total output tok/s, time to first token p50/p99; then EVERY ratio of
+chatsmith's servers to every peer (tok/s, and p99 TTFT), flattering or not. --json FILE writes all of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,33 +45,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chatsmith.serve.background import free_port
 
 PROMPTS = [
-    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
-    "Explain how a bicycle stays upright while it moves.",
-    "Give me a recipe for a simple tomato soup, step by step.",
-    "Describe the water cycle to a ten-year-old.",
-    "What are the main differences between cats and dogs as pets?",
-    "Write a poem about the autumn wind in a small town.",
-    "Explain why the sky is blue.",
-    "List some tips for learning a new language quickly, with reasons.",
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain in detail how a bicycle stays upright while it moves.",
+    "Give me a detailed recipe for a simple tomato soup, step by step.",
+    "Describe the water cycle to a ten-year-old, with many examples.",
+    "Write a long essay on the main differences between cats and dogs as pets.",
+    "Write a long poem about the autumn wind in a small town.",
+    "Explain at length why the sky is blue and why sunsets are red.",
+    "List twenty tips for learning a new language quickly, with reasons.",
 ]
+ALL_SERVERS = ("chatsmith", "chatsmith-llamacpp", "tf-cb", "llama-server")
+OURS = ("chatsmith", "chatsmith-llamacpp")
 
 
-def start(cmd: list[str], port: int, env: dict | None = None, timeout: float = 600) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+def llama_server_binary() -> str | None:
+    env = os.environ.get("LLAMA_SERVER")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    found = sorted(glob.glob(str(cache / "chatsmith" / "llama-server-*" / "llama.cpp" / "build" / "bin" /
+                                 "llama-server")))
+    return next((f for f in reversed(found) if os.access(f, os.X_OK)), None)
+
+
+def start(cmd: list[str], port: int, env: dict, timeout: float = 900) -> subprocess.Popen:
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+    proc.log = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=5) as c:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited: {proc.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"{cmd[0]} exited: {log.read()[-2000:]}")
             try:
-                if c.get(f"http://127.0.0.1:{port}/health").status_code < 500:
+                if c.get(f"http://127.0.0.1:{port}/health").status_code < 500:   # llama-server: 503 while loading
                     return proc
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError(f"{' '.join(cmd)} did not start")
+    raise RuntimeError(f"{' '.join(cmd)} did not start in {timeout:.0f}s")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -65,15 +96,12 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int):
-    import json
-
-    body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0.7, "seed": 1,
-            "messages": [{"role": "user", "content": prompt}]}
+async def one_stream(client: httpx.AsyncClient, url: str, body: dict):
     t0 = time.perf_counter()
-    ttft, text = None, ""
+    ttft, text, finish = None, "", None
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
+        if r.status_code >= 400:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -83,77 +111,157 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: st
                 if piece and ttft is None:
                     ttft = time.perf_counter() - t0
                 text += piece
-    return ttft if ttft is not None else time.perf_counter() - t0, text
+                finish = ch.get("finish_reason") or finish
+    return ttft if ttft is not None else time.perf_counter() - t0, text, finish
 
 
-async def load(url: str, model: str, clients: int, max_tokens: int, tokenizer) -> dict:
-    async with httpx.AsyncClient(timeout=900, limits=httpx.Limits(max_connections=clients + 4)) as client:
-        await one_stream(client, url, model, "Hello", 4)        # warm-up
+async def load(url: str, bodies: list[dict], tokenizer) -> dict:
+    async with httpx.AsyncClient(timeout=1800, limits=httpx.Limits(max_connections=len(bodies) + 4)) as client:
+        # warm-up: the same concurrency, a few tokens each (loads, compiles, fills caches on every server alike)
+        await asyncio.gather(*[one_stream(client, url, {**b, "max_tokens": 8}) for b in bodies])
         t0 = time.perf_counter()
-        results = await asyncio.gather(*[one_stream(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens)
-                                         for i in range(clients)])
+        results = await asyncio.gather(*[one_stream(client, url, b) for b in bodies])
         wall = time.perf_counter() - t0
-    tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for _, text in results)
-    ttfts = sorted(t for t, _ in results)
-    return {"tok_s": tokens / wall, "tokens": tokens, "wall": wall, "ttft_p50": statistics.median(ttfts),
-            "ttft_p99": ttfts[min(len(ttfts) - 1, int(round(0.99 * (len(ttfts) - 1))))]}
+    counts = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for _, text, _ in results]
+    ttfts = sorted(t for t, _, _ in results)
+    max_tokens = bodies[0]["max_tokens"]
+    return {"tok_s": sum(counts) / wall, "tokens": sum(counts), "wall_s": wall,
+            "ttft_p50_s": statistics.median(ttfts),
+            "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(round(0.99 * (len(ttfts) - 1))))],
+            "short_streams": sum(f != "length" or c < max_tokens - 2 for (_, _, f), c in zip(results, counts)),
+            "streams": len(results)}
+
+
+def export_gguf(model: str, out: Path) -> Path:
+    if not out.exists():
+        print(f"exporting {model} to an f16 GGUF for the llama.cpp servers: {out}", flush=True)
+        r = subprocess.run([sys.executable, "-m", "chatsmith", "export", "gguf", "--model", model, "--output",
+                            str(out), "--type", "f16"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"chatsmith export gguf failed: {r.stderr[-1500:]}")
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--clients", default="1,16")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--servers", default="chatsmith,tf,tf-cb")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for every server (on a busy machine 1 avoids thread thrashing)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads for every server (default: all cores)")
+    ap.add_argument("--servers", default=",".join(ALL_SERVERS))
+    ap.add_argument("--gguf", help="f16 GGUF of --model for the llama.cpp servers (default: exported into a temp dir)")
+    ap.add_argument("--repeats", type=int, default=1, help="measurements per server and client count (best kept)")
+    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     from chatsmith import models
 
     ref = models.resolve(args.model)
     tok = models.load_tokenizer(ref)
     counts = [int(c) for c in args.clients.split(",")]
+    threads = str(args.threads)
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     beside = Path(sys.executable).parent / "transformers"      # the venv's CLI, even when the venv is not active
     tf = str(beside) if beside.exists() else shutil.which("transformers")
-    servers = {
-        "chatsmith": lambda port: ([sys.executable, "-m", "chatsmith", "serve", "--model", args.model, "--port",
-                                    str(port), "--model-name", "m", "--max-batch", "16"], "m"),
-        "tf": lambda port: ([tf, "serve", str(ref.path), "--port", str(port), "--host", "127.0.0.1"],
-                            str(ref.path)),
-        "tf-cb": lambda port: ([tf, "serve", str(ref.path), "--port", str(port), "--host", "127.0.0.1",
-                                "--continuous-batching"], str(ref.path)),
-    }
+    llama_server = llama_server_binary()
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_SERVERS]
+    if unknown:
+        ap.error(f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(ALL_SERVERS)}")
+    work = Path(tempfile.mkdtemp(prefix="chatsmith-bench-serve-"))
+    gguf: Path | None = Path(args.gguf) if args.gguf else None
+    serve_help = subprocess.run([sys.executable, "-m", "chatsmith", "serve", "--help"], capture_output=True,
+                                text=True).stdout
+    dtype = ["--dtype", "bf16"] if "--dtype" in serve_help and models.cpu_has_fast_bf16() else []
+
+    def command(name: str, port: int) -> tuple[list[str], str, dict]:
+        """(argv, model id for requests, extra request fields)"""
+        if name == "chatsmith":
+            return ([sys.executable, "-m", "chatsmith", "serve", "--model", args.model, "--port", str(port),
+                     "--model-name", "m", "--max-batch", "16", *dtype], "m", {})
+        if name == "chatsmith-llamacpp":
+            return ([sys.executable, "-m", "chatsmith", "serve", "--model", str(gguf), "--backend", "llamacpp",
+                     "--port", str(port), "--model-name", "m", "--max-batch", "16"], "m", {})
+        if name == "tf-cb":
+            # its KV cache sized for the load (16 slots of prompt + answer, twice over): left to its default on a
+            # CPU, continuous batching sizes the cache from memory and was OOM-killed here (10 GB at one request)
+            blocks = max(64, 2 * 16 * (256 + args.max_tokens) // 32)
+            return ([tf, "serve", "--port", str(port), "--host", "127.0.0.1", "--dtype", "bfloat16",
+                     "--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", str(blocks),
+                     "--cb-max-batch-tokens", "1024"], str(ref.path), {})
+        ctx = 16 * (256 + args.max_tokens)                   # every slot: the longest prompt and the answer
+        return ([llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "16",
+                 "-t", threads, "-tb", threads, "-c", str(ctx)], "m", {"ignore_eos": True})
+
     table: dict[str, dict[int, dict]] = {}
-    for name in args.servers.split(","):
-        if name.startswith("tf") and not tf:
-            print(f"{name}: `transformers` CLI not found, skipped")
-            continue
-        port = free_port()
-        cmd, model_id = servers[name](port)
-        proc = start(cmd, port, env)
-        try:
-            table[name] = {}
-            for c in counts:
-                try:
-                    row = asyncio.run(load(f"http://127.0.0.1:{port}", model_id, c, args.max_tokens, tok))
-                except Exception as e:   # a server that fails under load is a result too
-                    print(f"{name:10s} clients={c:3d}  FAILED: {type(e).__name__}: {str(e)[:200]}", flush=True)
-                    continue
-                table[name][c] = row
-                print(f"{name:10s} clients={c:3d}  {row['tok_s']:7.1f} tok/s  TTFT p50 {row['ttft_p50']:6.2f}s  "
-                      f"p99 {row['ttft_p99']:6.2f}s  ({row['tokens']} tokens in {row['wall']:.1f}s)", flush=True)
-        finally:
-            stop(proc)
-    if "chatsmith" in table:
-        for c in counts:
-            ours = table["chatsmith"].get(c)
-            others = [table[n][c] for n in ("tf", "tf-cb") if n in table and c in table[n]]
-            if not ours or not others:
+    skipped: dict[str, str] = {}
+    try:
+        for name in names:
+            if name == "tf-cb" and not tf:
+                skipped[name] = "the `transformers` CLI is not installed"
+            elif name == "llama-server" and not llama_server:
+                skipped[name] = ("no llama-server binary ($LLAMA_SERVER, or build it once with "
+                                 "/work/shared/tools/build-llama-server.sh)")
+            if name in skipped:
+                print(f"{name}: skipped: {skipped[name]}", flush=True)
                 continue
-            best = max(others, key=lambda r: r["tok_s"])
-            print(f"clients={c:3d}: chatsmith / best transformers serve = {ours['tok_s'] / best['tok_s']:.2f}x tok/s; "
-                  f"TTFT p99 {ours['ttft_p99']:.2f}s vs {min(o['ttft_p99'] for o in others):.2f}s")
+            if name in ("chatsmith-llamacpp", "llama-server") and gguf is None:
+                gguf = export_gguf(args.model, work / f"{Path(ref.path).name}-f16.gguf")
+            port = free_port()
+            cmd, model_id, extra = command(name, port)
+            try:
+                proc = start(cmd, port, env)
+            except RuntimeError as e:
+                skipped[name] = f"did not start: {str(e)[-300:]}"
+                print(f"{name}: skipped: {skipped[name]}", flush=True)
+                continue
+            try:
+                table[name] = {}
+                for c in counts:
+                    bodies = [{"model": model_id, "stream": True, "max_tokens": args.max_tokens, "temperature": 0,
+                               "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], **extra}
+                              for i in range(c)]
+                    best = None
+                    for _ in range(args.repeats):
+                        try:
+                            row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok))
+                        except Exception as e:   # a server that fails under load is a result too
+                            proc.log.seek(0)
+                            tail = proc.log.read()[-800:].strip()
+                            print(f"{name:18s} clients={c:3d}  FAILED: {type(e).__name__}: {str(e)[:200]}\n"
+                                  f"  its log ends: {tail}", flush=True)
+                            continue
+                        best = row if best is None or row["tok_s"] > best["tok_s"] else best
+                    if best is None:
+                        continue
+                    table[name][c] = best
+                    short = f"  {best['short_streams']}/{best['streams']} streams ended before max_tokens" \
+                        if best["short_streams"] else ""
+                    print(f"{name:18s} clients={c:3d}  {best['tok_s']:7.1f} tok/s  TTFT p50 {best['ttft_p50_s']:6.2f}s"
+                          f"  p99 {best['ttft_p99_s']:6.2f}s  ({best['tokens']} tokens in {best['wall_s']:.1f}s)"
+                          f"{short}", flush=True)
+            finally:
+                stop(proc)
+    finally:
+        if not args.gguf:
+            shutil.rmtree(work, ignore_errors=True)
+
+    ratios = []
+    for c in counts:
+        for ours in [n for n in OURS if c in table.get(n, {})]:
+            for peer in [n for n in table if n not in OURS and c in table[n]]:
+                a, b = table[ours][c], table[peer][c]
+                ratios.append({"clients": c, "ours": ours, "peer": peer, "tok_s_ratio": a["tok_s"] / b["tok_s"],
+                               "ttft_p99_s": [a["ttft_p99_s"], b["ttft_p99_s"]]})
+                r = ratios[-1]
+                print(f"clients={c:3d}: {ours} / {peer} = {r['tok_s_ratio']:.2f}x tok/s; TTFT p99 "
+                      f"{a['ttft_p99_s']:.2f}s vs {b['ttft_p99_s']:.2f}s "
+                      f"({'lower' if a['ttft_p99_s'] < b['ttft_p99_s'] else 'NOT lower'})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "clients": counts,
+            "prompts": PROMPTS, "results": {n: {str(c): r for c, r in rows.items()} for n, rows in table.items()},
+            "ratios": ratios, "skipped": skipped}, indent=2) + "\n")
     return 0
 
 

@@ -236,8 +236,10 @@ def test_lean_llama_step_matches_transformers_and_keeps_bf16_batches_exact(tiny_
     assert engines["gpt_neox"].lean is None and engines["bloom"].lean is None    # the generic path
     bf = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
     assert bf.lean is not None and bf.lean.native is not None and bf.lean.native.amx == amx
-    if torch.backends.mkldnn.is_available():
+    if torch.backends.mkldnn.is_available() and not amx:
         assert bf.lean.matmul.endswith("oneDNN prepacked")     # prefill and big batches: weights packed for oneDNN
+    if amx:                                                    # the tile-packed copy is the one extra copy
+        assert bf.lean.matmul.endswith("torch")
     plain = HFEngine(bf.model, bf.tokenizer, bf.template, lean=False)
     torch_only = HFEngine(bf.model, bf.tokenizer, bf.template, lean=False)
     torch_only.lean = LeanLlamaDecoder(bf.model, kernel=False)

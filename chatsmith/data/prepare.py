@@ -38,6 +38,7 @@ from chatsmith.outputs import atomic_dir, output_lock
 
 TRAIN_FILE, VAL_FILE, REPORT_FILE = "train.jsonl", "val.jsonl", "report.json"
 _COPY_BATCH = 4096  # rows gathered per write in pass 2
+_TOKENIZE_CHUNK = 1000  # rows per batched tokenizer call in pass 1 (bounded memory, few Python calls per row)
 
 
 class TooManyDropped(ChatsmithError):
@@ -184,6 +185,7 @@ def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length, lang=None):
         fast = alpaca_fast_line if fmt.name == "alpaca" and tpl is None and deduper.mode != "near" \
             and lang is None else None
         quoted_source = _quote(spec.name)
+        pending: list[tuple[int, Any]] = []     # (line, conversation) waiting for the token checks
         for n, row in rows:
             n_read += 1
             if type(row) is not dict:
@@ -217,19 +219,15 @@ def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length, lang=None):
                 st.drop("duplicate", n, "same conversation as an earlier row")
                 continue
             if tpl is not None:
-                try:
-                    conv, rendered, truncated = fit(conv, tpl, tok, max_length, over_length)
-                except RowProblem as p:
-                    if p.reason == "over_length" and over_length == "error":
-                        raise ChatsmithError(f"{spec.label}:{n}: {p.message} (--over-length error)") from None
-                    st.drop(p.reason, n, p.message)
-                    continue
-                except ChatsmithError as e:
-                    raise ChatsmithError(f"{spec.label}:{n}: {e}") from None
-                if not has_trainable(rendered):
-                    st.drop("no_trainable_tokens", n, "the rendered row has no token to learn from")
-                    continue
-                st.truncated += truncated
+                # token checks run per chunk of rows, one batched tokenizer call each (_token_checked); rows are
+                # still spooled in input order, so the output is the same as row by row
+                pending.append((n, conv))
+                if len(pending) >= _TOKENIZE_CHUNK:
+                    for conv in _token_checked(pending, spec, st, tpl, tok, max_length, over_length):
+                        pos = _spool(write, dumps(conv), pos, add_offset, add_length, add_source, si)
+                        n_kept += 1
+                    pending = []
+                continue
             line = (dumps(conv) + "\n").encode("utf-8", "surrogatepass")
             write(line)
             add_offset(pos)
@@ -237,9 +235,57 @@ def _pass1(specs, spool, deduper, tpl, tok, max_length, over_length, lang=None):
             add_source(si)
             pos += len(line)
             n_kept += 1
+        for conv in _token_checked(pending, spec, st, tpl, tok, max_length, over_length) if pending else ():
+            pos = _spool(write, dumps(conv), pos, add_offset, add_length, add_source, si)
+            n_kept += 1
         st.read, st.kept = n_read, n_kept
         assert st.kept + st.dropped_total == st.read  # the report's invariant
     return stats, offsets, lengths, sources
+
+
+def _spool(write, text: str, pos: int, add_offset, add_length, add_source, si: int) -> int:
+    line = (text + "\n").encode("utf-8", "surrogatepass")
+    write(line)
+    add_offset(pos)
+    add_length(len(line))
+    add_source(si)
+    return pos + len(line)
+
+
+def _token_checked(pending, spec, st, tpl, tok, max_length, over_length):
+    """The kept conversations of a chunk, in order, after the token checks (max_length, a trainable token left);
+    drops are counted in `st`. The chunk is rendered with one batched tokenizer call (Template.render_many, the
+    same ids as rendering row by row); a row over max_length under --over-length truncate, and every row of a
+    chunk whose rendering fails (so the error names its line), goes through `fit` on its own."""
+    try:
+        rendered = tpl.render_many([conv for _, conv in pending], tok)
+    except ChatsmithError:
+        rendered = [None] * len(pending)
+    kept = []
+    for (n, conv), r in zip(pending, rendered):
+        truncated = False
+        if r is None or (max_length is not None and len(r.input_ids) > max_length and over_length == "truncate"):
+            try:
+                conv, r, truncated = fit(conv, tpl, tok, max_length, over_length)
+            except RowProblem as p:
+                if p.reason == "over_length" and over_length == "error":
+                    raise ChatsmithError(f"{spec.label}:{n}: {p.message} (--over-length error)") from None
+                st.drop(p.reason, n, p.message)
+                continue
+            except ChatsmithError as e:
+                raise ChatsmithError(f"{spec.label}:{n}: {e}") from None
+        elif max_length is not None and len(r.input_ids) > max_length:
+            message = f"{len(r.input_ids)} tokens > --max-length {max_length}"      # as fit() words it
+            if over_length == "error":
+                raise ChatsmithError(f"{spec.label}:{n}: {message} (--over-length error)")
+            st.drop("over_length", n, message)
+            continue
+        if not has_trainable(r):
+            st.drop("no_trainable_tokens", n, "the rendered row has no token to learn from")
+            continue
+        st.truncated += truncated
+        kept.append(conv)
+    return kept
 
 
 def _pass2(spool_path, out, specs, stats, offsets, lengths, sources, val_size, seed) -> None:

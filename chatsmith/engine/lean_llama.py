@@ -61,9 +61,11 @@ class LeanLlamaDecoder:
         self.rotary = model.model.rotary_emb
         self.norm = model.model.norm.weight
         self.lm_head = model.lm_head.weight
-        self.linear, self.matmul = _pick_linear(self)   # matmul: which kernel, in words
         # bf16 on a CPU with AVX512-BF16: decode steps of up to kernels.MAX_ROWS rows run natively (below)
         self.native, self.attend_kernel = _native_step(self) if kernel else (None, None)
+        # at most one extra copy of the weights: the AMX step's tile-packed copy, or else oneDNN's packed one
+        self.linear, self.matmul = (F.linear, "torch") if self.native is not None and self.native.amx \
+            else _pick_linear(self)   # matmul: which kernel, in words
         if self.native is not None:
             self.matmul = f"{self.native.name} for <= {self.native.max_rows} rows, else {self.matmul}"
         # prompts are prefilled together only where every matmul treats rows independently: the AMX kernel does;
@@ -207,7 +209,33 @@ def _native_step(dec: "LeanLlamaDecoder") -> tuple[Any, Any]:
         return None, None
     from chatsmith.engine.kernels.llama import NativeLlamaStep
 
-    return NativeLlamaStep(dec), kernels.bf16_attend()
+    try:
+        return NativeLlamaStep(dec), kernels.bf16_attend()
+    except Exception as e:      # an optimisation, never a requirement: the torch step, and one line saying why
+        import sys
+
+        print(f"chatsmith: native decode step not used ({type(e).__name__}: {e}); decoding with torch's kernels",
+              file=sys.stderr, flush=True)
+        return None, None
+
+
+def extra_weight_bytes(dec: "LeanLlamaDecoder") -> int:
+    """Bytes of weight copies this decoder holds besides the model's own tensors (packed layouts)."""
+    total = sum(t.numel() * t.element_size() for t in getattr(dec.linear, "packed", {}).values())
+    if dec.native is not None:
+        total += sum(t.numel() * t.element_size() for t in dec.native._packed if t is not None)
+        if dec.native.lm_head_packed is not None:
+            total += dec.native.lm_head_packed.numel() * dec.native.lm_head_packed.element_size()
+    return total
+
+
+def decode_path(model: Any, lean: "LeanLlamaDecoder | None") -> str:
+    """The decode path an HFEngine runs, in words, for the one stderr line at load."""
+    p = next(model.parameters())
+    where = f"{type(model).__name__} {str(p.dtype).removeprefix('torch.')} on {p.device.type}"
+    if lean is None:
+        return f"transformers forward ({where})"
+    return f"chatsmith lean llama step, matmul: {lean.matmul} ({where})"
 
 
 def _prepacked(dec: "LeanLlamaDecoder") -> tuple[Any, str]:
@@ -230,4 +258,5 @@ def _prepacked(dec: "LeanLlamaDecoder") -> tuple[Any, str]:
     def packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return op(x, packed[id(w)], None, "none", [], "")
 
+    packed_linear.packed = packed      # type: ignore[attr-defined]  (counted by extra_weight_bytes)
     return packed_linear, "oneDNN prepacked"

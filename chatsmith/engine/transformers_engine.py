@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
+import sys
 from typing import Any, Hashable, Iterator, Sequence
 
 import torch
@@ -70,7 +71,9 @@ class HFEngine(Engine):
         tpl = pick_template(template, ref.meta, tok)
         if system is not None:
             tpl = tpl.with_system(system)
-        return cls(m, tok, tpl, lean=lean)
+        eng = cls(m, tok, tpl, lean=lean)
+        print(f"chatsmith: decode path: {lean_llama.decode_path(m, eng.lean)}", file=sys.stderr, flush=True)
+        return eng
 
     # ------------------------------------------------------------------------------------------
     def new_batch(self) -> "DecodeBatch":

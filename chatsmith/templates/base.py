@@ -140,13 +140,19 @@ class Template:
         bos, eos = token_strings(tokenizer, self)
         segs = self.segments(conv, add_generation_prompt=add_generation_prompt, bos=bos, eos=eos)
         prefix = bos_prefix_ids(tokenizer) if self.add_bos else []
-        ids, trainable = encode_segments(tokenizer, segs)
-        ids = prefix + ids
-        trainable = [False] * len(prefix) + trainable
-        labels = [i if (t or train_on_inputs) else IGNORE_INDEX for i, t in zip(ids, trainable)]
-        if train_on_inputs and prefix:
-            labels[: len(prefix)] = [IGNORE_INDEX] * len(prefix)  # never predict BOS from nothing
-        return Rendered("".join(s.text for s in segs), ids, labels)
+        return _rendered(segs, prefix, *encode_segments(tokenizer, segs), train_on_inputs)
+
+    def render_many(self, convs: list[Conversation], tokenizer: Any, *, train_on_inputs: bool = False
+                    ) -> list[Rendered]:
+        """`render` of each conversation (answers included), the same result, with one batched tokenizer call
+        for all of them (templates/tokenize.encode_segments_many): what `data prepare` uses per chunk of rows."""
+        from chatsmith.templates.tokenize import encode_segments_many
+
+        bos, eos = token_strings(tokenizer, self)
+        segs = [self.segments(conv, bos=bos, eos=eos) for conv in convs]
+        prefix = bos_prefix_ids(tokenizer) if self.add_bos else []
+        return [_rendered(s, prefix, ids, trainable, train_on_inputs)
+                for s, (ids, trainable) in zip(segs, encode_segments_many(tokenizer, segs))]
 
     def stops(self, tokenizer: Any = None) -> tuple[list[str], list[int]]:
         """(stop strings, stop ids). Stop ids are the end marker and every stop string that is a single
@@ -172,6 +178,16 @@ class Template:
 
     def with_system(self, system: str | None) -> Template:
         return replace(self, default_system=system)
+
+
+def _rendered(segs: list[Segment], prefix: list[int], ids: list[int], trainable: list[bool],
+              train_on_inputs: bool) -> Rendered:
+    ids = prefix + ids
+    trainable = [False] * len(prefix) + trainable
+    labels = [i if (t or train_on_inputs) else IGNORE_INDEX for i, t in zip(ids, trainable)]
+    if train_on_inputs and prefix:
+        labels[: len(prefix)] = [IGNORE_INDEX] * len(prefix)  # never predict BOS from nothing
+    return Rendered("".join(s.text for s in segs), ids, labels)
 
 
 def token_strings(tokenizer: Any, template: Template) -> tuple[str, str]:

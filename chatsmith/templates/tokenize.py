@@ -10,6 +10,7 @@ user are never recognised.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -37,6 +38,59 @@ def encode_segments(tokenizer: Any, segments: list[Segment]) -> tuple[list[int],
     return ids, flags
 
 
+def encode_segments_many(tokenizer: Any, rows: list[list[Segment]]) -> list[tuple[list[int], list[bool]]]:
+    """`encode_segments` for many rows at once, with the same result for each row: every distinct text piece of
+    all rows goes to ONE batched tokenizer call (a fast tokenizer encodes the batch in Rust, without a Python
+    call per piece), then each row's ids and flags are assembled from its plan. Template text repeated in every
+    row ("assistant\n", a default system prompt) is tokenized once. `data prepare` calls this per chunk of rows,
+    so memory stays bounded."""
+    texts: dict[tuple[str, bool], int] = {}   # distinct (piece, continuation?) -> its index
+    plans: list[list[tuple[bool, int, int]]] = []   # per row: (trainable, special id or -1, text index or -1)
+    spm = None
+    for segments in rows:
+        plan: list[tuple[bool, int, int]] = []
+        first, after_special = True, False
+        for trainable, chunk in _chunks(segments):
+            for piece, special_id in _pieces(tokenizer, chunk):
+                if special_id is not None:
+                    plan.append((trainable, special_id, -1))
+                elif piece:
+                    fresh = first or (after_special and _fresh_after_special(id(tokenizer), tokenizer))
+                    if not fresh and spm is None:
+                        spm = _adds_prefix_space(id(tokenizer), tokenizer)
+                    key = (piece, not fresh and bool(spm))
+                    plan.append((trainable, -1, texts.setdefault(key, len(texts))))
+                first = False
+                after_special = special_id is not None
+        plans.append(plan)
+    # a continuation piece of a SentencePiece-style tokenizer is encoded as encode_text does: after a newline,
+    # whose ids are then cut (or, where they do not come first, the piece on its own)
+    keys = list(texts)
+    encoded = _encode_many(tokenizer, ["\n" + t if cont else t for t, cont in keys]) if keys else []
+    if spm:
+        nl = _newline_ids(id(tokenizer), tokenizer)
+        for i, (text, cont) in enumerate(keys):
+            if cont:
+                ids = encoded[i]
+                encoded[i] = ids[len(nl):] if ids[:len(nl)] == nl else _encode(tokenizer, text)
+    out: list[tuple[list[int], list[bool]]] = []
+    for plan in plans:
+        ids: list[int] = []
+        flags: list[bool] = []
+        for trainable, special_id, index in plan:
+            piece_ids = [special_id] if special_id >= 0 else encoded[index]
+            ids += piece_ids
+            flags += [trainable] * len(piece_ids)
+        out.append((ids, flags))
+    return out
+
+
+def _encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    # the batched form of _encode: the same call, so the same ids for each text
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False, split_special_tokens=True,
+                                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]]
+
+
 def _chunks(segments: list[Segment]):
     cur: list[Segment] = []
     for s in segments:
@@ -50,27 +104,36 @@ def _chunks(segments: list[Segment]):
 
 def _pieces(tokenizer: Any, chunk: list[Segment]):
     """Yield (text, None) runs and (token, id) for special tokens found in control segments."""
-    specials = _special_tokens(tokenizer)
+    pattern, mapping = _special_pattern(id(tokenizer), tokenizer)
     buf = ""
     for seg in chunk:
-        if not seg.control or not specials:
+        if not seg.control or pattern is None:
             buf += seg.text
             continue
-        text = seg.text
-        i = 0
-        while i < len(text):
-            hit = next((t for t in specials if text.startswith(t, i)), None)
-            if hit is None:
-                buf += text[i]
-                i += 1
-                continue
+        text, i = seg.text, 0
+        for m in pattern.finditer(text):       # leftmost special, the longest one there (alternatives by length)
+            buf += text[i:m.start()]
             if buf:
                 yield buf, None
                 buf = ""
-            yield hit, _special_map(tokenizer)[hit]
-            i += len(hit)
+            yield m.group(), mapping[m.group()]
+            i = m.end()
+        buf += text[i:]
     if buf:
         yield buf, None
+
+
+def _special_pattern(key: int, tokenizer: Any) -> tuple["re.Pattern[str] | None", dict[str, int]]:
+    ordered, mapping = _cached_specials(key, tokenizer)
+    hit = _PATTERN_CACHE.get(key)
+    if hit is None or hit[0] is not tokenizer:
+        tokens = [t for t in ordered if t]
+        hit = (tokenizer, re.compile("|".join(map(re.escape, tokens))) if tokens else None)
+        _PATTERN_CACHE[key] = hit
+    return hit[1], mapping
+
+
+_PATTERN_CACHE: dict[int, tuple[Any, "re.Pattern[str] | None"]] = {}
 
 
 def _special_map(tokenizer: Any) -> dict[str, int]:

@@ -7,7 +7,10 @@ libgomp.so.1, the soname torch's own OpenMP runtime carries, so the kernel runs 
 the caller passes torch.get_num_threads() as its team size.
 
 `bf16_gemv()` and `bf16_attend()` return None, and the callers keep torch's kernels, where it cannot apply: a CPU without AVX512-BF16,
-no C compiler, a failed build, or CHATSMITH_KERNELS=0. `why_not()` says which.
+no C compiler, a failed build, or CHATSMITH_KERNELS=0 (the opt-out). `why_not()` says which. The kernel is an
+optimisation, never a requirement: any failure to build or load it (no compiler, a compiler wrapper that fails, a
+build past BUILD_TIMEOUT_S, a read-only cache, a library that does not load) falls back to torch's kernels with
+one line on stderr, never an exception.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -29,6 +35,7 @@ SOURCE = Path(__file__).with_name("decode_bf16.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 MAX_ROWS = 16          # AVX512-BF16 kernel: past this many rows oneDNN's GEMM is faster (compute-bound)
 AMX_MAX_ROWS = 64      # AMX kernel: four 16-row accumulator tiles per weight tile (decode_bf16.c)
+BUILD_TIMEOUT_S = 120  # a compile past this (a hung compiler wrapper, a starved machine) falls back
 
 _state: dict[str, object] = {}
 
@@ -143,14 +150,39 @@ def _load():
     lib, reason = None, None
     try:
         lib = _build_and_open()
-    except _Unavailable as e:
+    except _Unavailable as e:          # turned off, or a CPU it does not apply to: nothing to report
         reason = str(e)
+    except Exception as e:             # any build or load failure: torch's kernels, and the user is told once
+        reason = str(e) if isinstance(e, _Failed) else f"{type(e).__name__}: {e}"
+        reason = " ".join(reason.split())[:300]
+        print(f"chatsmith: native decode kernel not used ({reason}); decoding with torch's kernels "
+              "(CHATSMITH_KERNELS=0 skips the build)", file=sys.stderr, flush=True)
     _state.update(lib=lib, reason=reason)
     return lib
 
 
 class _Unavailable(Exception):
-    pass
+    """The kernel does not apply here (turned off, no AVX512-BF16): a silent fallback."""
+
+
+class _Failed(Exception):
+    """The kernel applies but could not be built or loaded: a fallback with one line on stderr."""
+
+
+def _compile(cmd: list[str]) -> tuple[int, str]:
+    """Run the compiler in its own process group, so a timeout also ends what a wrapper started."""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    except OSError as e:
+        raise _Failed(f"cannot run the C compiler {cmd[0]}: {e.strerror or e}") from None
+    try:
+        _, err = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise _Failed(f"building {SOURCE.name} took over {BUILD_TIMEOUT_S:g}s") from None
+    return proc.returncode, err
 
 
 def _build_and_open():
@@ -158,22 +190,25 @@ def _build_and_open():
         raise _Unavailable("turned off by CHATSMITH_KERNELS=0")
     if not cpu.avx512_bf16():
         raise _Unavailable("this CPU has no AVX512-BF16")
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise _Unavailable("no C compiler (cc or gcc) on PATH")
+    cc = shlex.split(os.environ.get("CC") or "") or [shutil.which("cc") or shutil.which("gcc") or ""]
+    if not cc[0]:
+        raise _Failed("no C compiler (cc or gcc) on PATH")
     from chatsmith.models import cache_dir
 
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
     out = cache_dir() / "kernels" / f"decode_bf16-{digest}.so"
     if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        except OSError as e:
+            raise _Failed(f"cannot write the kernel cache {out.parent}: {e.strerror or e}") from None
         os.close(fd)
         try:
-            r = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
-            if r.returncode != 0:
-                raise _Unavailable(f"{cc} failed to build {SOURCE.name}: {r.stderr.strip()[:300]}")
+            returncode, err = _compile([*cc, *FLAGS, "-o", tmp, str(SOURCE)])
+            if returncode != 0:
+                raise _Failed(f"{' '.join(cc)} failed to build {SOURCE.name}: {err.strip()[:300]}")
             os.replace(tmp, out)         # atomic: a concurrent builder or a crash never leaves half a library
         finally:
             if os.path.exists(tmp):
@@ -182,7 +217,7 @@ def _build_and_open():
     try:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
-        raise _Unavailable(f"cannot load {out}: {e}")
+        raise _Failed(f"cannot load {out}: {e}") from None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.chatsmith_gemv_bf16.restype = None
     lib.chatsmith_gemv_bf16.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
