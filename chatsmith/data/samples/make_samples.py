@@ -256,7 +256,7 @@ def multiturn_rows(rng: random.Random) -> list[dict]:
         rows.append([("human", f"What is {a} times {b}?"), ("gpt", f"{a} times {b} is {a * b}."),
                      ("human", f"Now add {c} to that."), ("gpt", f"{a * b} plus {c} is {a * b + c}."),
                      ("human", "Thanks!"), ("gpt", "You're welcome! Let me know if you need anything else.")])
-    for (q, a), (q2, a2) in zip(JOKES[::2], JOKES[1::2]):
+    for (q, a), (_q2, a2) in zip(JOKES[::2], JOKES[1::2]):   # the second joke answers "Another one?"
         rows.append([("human", q), ("gpt", a), ("human", "That's funny. Another one?"), ("gpt", a2)])
     zh = ZH_CAPITALS[:]
     rng.shuffle(zh)
