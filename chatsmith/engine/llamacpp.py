@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
-from chatsmith.engine.stops import StopTextStream
 from chatsmith.errors import ModelLoadError
 
 DEFAULT_MAX_CONTEXT = 4096   # the KV cache is allocated up front: cap what long-context models ask for
@@ -93,32 +92,20 @@ class LlamaCppEngine(Engine):
             yield from self._one(i, p_ids, p, cancelled)
 
     def _one(self, i: int, prompt_ids: list[int], p: SamplingParams, cancelled: Any) -> Iterator[Delta]:
-        strings, stop_ids = self.stops(p)
-        text = StopTextStream(self.tokenizer, strings, self.answer_lead(p))
-        stop_ids = set(stop_ids)
+        stops = self.stop_machine(i, p)
         # llama.cpp's sampler seed is a uint32: fold a larger seed into it (ctypes would truncate it anyway)
         self.llm.set_seed(p.seed % 2**32 if p.seed is not None else random.getrandbits(31))
-        produced = 0
         tokens = self.llm.generate(prompt_ids, temp=max(p.temperature, 0.0), top_p=p.top_p, top_k=p.top_k,
                                    min_p=0.0, typical_p=1.0, repeat_penalty=p.repetition_penalty, reset=True)
         try:
             for t in tokens:
-                t = int(t)
                 if cancelled is not None and cancelled(i):
-                    yield Delta(i, "", None, "cancelled")
+                    yield stops.cancel()
                     return
-                if t in stop_ids:
-                    yield Delta(i, text.flush(), None, "stop")
+                delta = stops.accept(int(t))
+                yield delta
+                if delta.finish_reason:
                     return
-                produced += 1
-                piece = text.add(t)
-                if text.stopped:
-                    yield Delta(i, piece, t, "stop")
-                    return
-                if produced >= p.max_new_tokens:
-                    yield Delta(i, piece + text.flush(), t, "length")
-                    return
-                yield Delta(i, piece, t, None)
         finally:
             tokens.close()
 

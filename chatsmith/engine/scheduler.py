@@ -28,7 +28,7 @@ import threading
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 from chatsmith.conversation import Conversation
-from chatsmith.engine.base import Delta, GenerationResult, SamplingParams
+from chatsmith.engine.base import Answer, Delta, GenerationResult, SamplingParams
 from chatsmith.errors import ChatsmithError
 
 
@@ -131,12 +131,10 @@ class RequestHandle:
 
     def result(self) -> GenerationResult:
         """Block until done; the whole answer."""
-        text, ids = [], []
+        answer = Answer()
         for d in self:
-            text.append(d.text)
-            if d.token_id is not None:
-                ids.append(d.token_id)
-        return GenerationResult("".join(text), ids, self.finish_reason or "length", self.prompt_tokens, len(ids))
+            answer.add(d)
+        return answer.result(self.prompt_tokens)
 
 
 class Scheduler:
@@ -267,7 +265,8 @@ class Scheduler:
             return out
 
     def _finish(self, h: RequestHandle, d: Delta) -> None:
-        h._push(d)
+        """Hand one engine delta to its request (as index 0: a handle is one prompt)."""
+        h._push(d if d.index == 0 else Delta(0, d.text, d.token_id, d.finish_reason))
         if d.finish_reason:
             with self._cv:
                 self._running.pop(h.id, None)
@@ -318,17 +317,17 @@ class Scheduler:
         for key in batch.keys():
             h = self._running.get(key)
             if h is not None and h.cancelled:
-                for _, text, tok, fin in batch.cancel(key):
-                    self._finish(h, Delta(0, text, tok, fin))
+                for d in batch.cancel(key):
+                    self._finish(h, d)
         if not len(batch):
             return
         self.max_rows_seen = max(self.max_rows_seen, len(batch))
         events = batch.step()
         self.steps += 1
-        for key, text, tok, fin in events:
-            h = self._running.get(key)
+        for d in events:
+            h = self._running.get(d.index)
             if h is not None:
-                self._finish(h, Delta(0, text, tok, fin))
+                self._finish(h, d)
 
     def _join(self, batch: Any, handles: list[RequestHandle]) -> None:
         """Prefill the joining requests together (the batch decides how to group them) and send first tokens."""
@@ -359,8 +358,8 @@ class Scheduler:
                 self._finish(rest[0], Delta(0, "", None, f"error: {_reason(e)}"))
             return
         by_id = {h.id: h for h in live}
-        for key, text, tok, fin in events:
-            self._finish(by_id[key], Delta(0, text, tok, fin))
+        for d in events:
+            self._finish(by_id[d.index], d)
 
     def _run_dynamic(self) -> None:
         while True:
@@ -388,7 +387,7 @@ class Scheduler:
         try:
             for d in self.engine.stream([h.prompt_ids for h in group], [h.params for h in group],
                                         cancelled=lambda i: group[i].cancelled or self._abort):
-                self._finish(group[d.index], Delta(0, d.text, d.token_id, d.finish_reason))
+                self._finish(group[d.index], d)
         except Exception as e:
             if self._fatal(e):
                 raise
