@@ -380,7 +380,8 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health (or set CHATSMITH_API_KEY)")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "vllm"])
+    p.add_argument("--backend", default=None, choices=["transformers", "llamacpp", "vllm"],
+                   help="default: llamacpp for a .gguf file, else transformers")
     p.add_argument("--load-in-8bit", action="store_true", help="8-bit weights: bitsandbytes on a GPU, int8 Linear layers on CPU (transformers backend)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 429")
@@ -397,6 +398,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from chatsmith.engine import load_engine
+    from chatsmith.engine.llamacpp import backend_for
     from chatsmith.engine.scheduler import Scheduler
 
     if args.max_batch < 1 or args.max_queue < 1:
@@ -408,6 +410,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_connections is not None and args.max_connections < 1:
         raise ChatsmithError("--max-connections must be at least 1")
     api_key = args.api_key or os.environ.get("CHATSMITH_API_KEY") or None
+    args.backend = backend_for(args.model, args.backend)
     engine = load_engine(args.model, adapters=args.adapter, template=args.template, backend=args.backend,
                          load_in_8bit=args.load_in_8bit)
     scheduler = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue)
