@@ -91,6 +91,20 @@ def test_batched_greedy_ids_equal_each_request_alone(engine, solo):
     assert free(engine) == (engine.n_seq, engine.cells)      # every sequence gave its id and cells back
 
 
+def test_prompts_sharing_a_prefix_share_its_cache_and_keep_their_answers(engine, monkeypatch):
+    system = "You are a careful assistant. Answer briefly, and say so when you do not know."
+    convs = [Conversation.single(t, system=system) for t in ("hello", "Name three colors.", "def add(a, b):")]
+    solo = [engine.generate([c], GREEDY)[0] for c in convs]
+    copies = []
+    real = llama_cpp.llama_memory_seq_cp
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", lambda *a: copies.append(a[3:]) or real(*a))
+    batch = engine.generate(convs, GREEDY)
+    assert [r.token_ids for r in batch] == [r.token_ids for r in solo]
+    shared = len(engine.tokenizer(system, add_special_tokens=False).input_ids)
+    assert len(copies) == 2 and all(p1 > shared for _, p1 in copies)   # two took the first one's system prompt
+    assert free(engine) == (engine.n_seq, engine.cells)
+
+
 def test_requests_joining_a_running_batch_get_their_solo_answers(engine, solo, monkeypatch):
     from chatsmith.engine.llamacpp_batch import SequenceBatch
 

@@ -26,18 +26,31 @@ from chatsmith.engine.base import Delta, SamplingParams
 from chatsmith.engine.llamacpp import N_BATCH
 from chatsmith.engine.stops import StopMachine, failed
 
+MIN_SHARED = 8     # prompt tokens worth taking from another sequence's cache rather than decoding again
+
 
 class _Seq:
     """One request in the batch: its sequence id and reserved cells, sampler chain and StopMachine."""
 
-    def __init__(self, key: Hashable, seq_id: int, cells: int, sampler: Any, stops: StopMachine):
+    def __init__(self, key: Hashable, prompt: list[int], seq_id: int, cells: int, sampler: Any, stops: StopMachine):
         self.key = key
+        self.prompt = prompt
         self.seq_id = seq_id
         self.cells = cells
         self.sampler = sampler
         self.stops = stops
         self.pos = 0                       # tokens of this sequence in the KV cache (once prefilled)
         self.next_token: int | None = None   # sampled, not yet decoded
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _needs(prompt_ids: Sequence[int], params: SamplingParams) -> int:
@@ -82,43 +95,71 @@ class SequenceBatch:
         return [d for req in requests for d in self.add_many([req])]
 
     def _prefill(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Delta]:
-        """All or nothing: on an error every sequence opened here is given back before it propagates."""
+        """All or nothing: on an error every sequence opened here is given back before it propagates.
+
+        A prompt that starts like one already in the cache (a running sequence's, or an earlier prompt of this
+        group: a shared system prompt) takes those cells with `llama_memory_seq_cp`, which tags them with its
+        sequence id too (no copy, no recompute), and only its own rest is decoded, as llama.cpp's server reuses
+        cached prefixes. Greedy ids stay those of a prompt decoded alone (the cached values are the same)."""
         import llama_cpp
 
-        opened: list[tuple[_Seq, Sequence[int]]] = []
+        opened: list[_Seq] = []
         events: list[Delta] = []
         joined: list[_Seq] = []
         try:
             for key, ids, params in requests:
-                opened.append((self._open(key, ids, params), ids))
-            # (sequence, position, token, last of its prompt) for every prompt token, in chunks of N_BATCH
-            flat = [(s, pos, tok, pos == len(ids) - 1) for s, ids in opened for pos, tok in enumerate(ids)]
-            for start in range(0, len(flat), N_BATCH):
-                chunk = flat[start:start + N_BATCH]
-                lasts = []
-                with self.engine.lock:
-                    for i, (s, pos, tok, last) in enumerate(chunk):
-                        self._put(i, tok, pos, s.seq_id, last)
-                        if last:
-                            lasts.append((i, s))
-                    self._decode(len(chunk))
-                    picked = [(s, llama_cpp.llama_sampler_sample(s.sampler.sampler, self.engine.ctx.ctx, i))
-                              for i, s in lasts]
-                for s, token in picked:
-                    d = s.stops.accept(int(token))
-                    events.append(d)
-                    if d.finish_reason is None:
-                        s.next_token = int(token)
-                        joined.append(s)
+                opened.append(self._open(key, ids, params))
+            donors = list(self.seqs)
+            fresh, sharing = [], []
+            for s in opened:
+                donor, n = max(((d, _common(s.prompt, d.prompt)) for d in donors), key=lambda x: x[1],
+                               default=(None, 0))
+                n = min(n, len(s.prompt) - 1)          # decode at least its last token, for its logits
+                if n >= MIN_SHARED:
+                    sharing.append((s, n, donor))
+                else:
+                    fresh.append((s, 0))
+                    donors.append(s)
+            self._prompts(fresh, events, joined)
+            with self.engine.lock:
+                for s, n, donor in sharing:
+                    llama_cpp.llama_memory_seq_cp(self.engine.memory, donor.seq_id, s.seq_id, 0, n)
+            self._prompts([(s, n) for s, n, _ in sharing], events, joined)
         except BaseException:
-            for s, _ in opened:
+            for s in opened:
                 self._leave(s)
             raise
-        for s, _ in opened:             # ended on its first token: it leaves at once
+        for s in opened:                # ended on its first token: it leaves at once
             if s not in joined:
                 self._leave(s)
         self.seqs.extend(joined)
         return events
+
+    def _prompts(self, items: Sequence[tuple[_Seq, int]], events: list[Delta], joined: list[_Seq]) -> None:
+        """Decode each sequence's prompt from position `start` on, in chunks of N_BATCH tokens, and sample its
+        first token from its last position's logits."""
+        import llama_cpp
+
+        # (sequence, position, token, last of its prompt) for every prompt token still to decode
+        flat = [(s, pos, s.prompt[pos], pos == len(s.prompt) - 1) for s, start in items
+                for pos in range(start, len(s.prompt))]
+        for start in range(0, len(flat), N_BATCH):
+            chunk = flat[start:start + N_BATCH]
+            lasts = []
+            with self.engine.lock:
+                for i, (s, pos, tok, last) in enumerate(chunk):
+                    self._put(i, tok, pos, s.seq_id, last)
+                    if last:
+                        lasts.append((i, s))
+                self._decode(len(chunk))
+                picked = [(s, llama_cpp.llama_sampler_sample(s.sampler.sampler, self.engine.ctx.ctx, i))
+                          for i, s in lasts]
+            for s, token in picked:
+                d = s.stops.accept(int(token))
+                events.append(d)
+                if d.finish_reason is None:
+                    s.next_token = int(token)
+                    joined.append(s)
 
     def _open(self, key: Hashable, prompt_ids: Sequence[int], params: SamplingParams) -> _Seq:
         from chatsmith.errors import ChatsmithError
@@ -129,7 +170,7 @@ class SequenceBatch:
             raise ChatsmithError(f"no room in the llama.cpp context for {cells} more tokens; retry later")
         try:
             sampler = _sampler(params, prompt_ids, self.engine)
-            seq = _Seq(key, seq_id, cells, sampler, self.engine.stop_machine(key, params))
+            seq = _Seq(key, list(prompt_ids), seq_id, cells, sampler, self.engine.stop_machine(key, params))
             seq.pos = len(prompt_ids)    # where its first generated token goes (the prefill fills 0..pos-1)
             return seq
         except BaseException:
