@@ -21,7 +21,7 @@ import sys
 from typing import IO, Iterator
 
 from chatsmith.conversation import Conversation, Message
-from chatsmith.engine.base import Engine, SamplingParams
+from chatsmith.engine.base import Answer, Engine, SamplingParams
 from chatsmith.engine.options import add_engine_args, engine_from_args
 from chatsmith.errors import ChatsmithError, ContextLengthError
 
@@ -134,11 +134,10 @@ def answer_one(session: ChatSession, prompt: str, interactive: bool, out: IO[str
     if interactive:
         out.write("ASSISTANT: ")
         out.flush()
-    parts: list[str] = []
+    answer = Answer()
     try:
         for d in session.engine.stream([conv], params):
-            if d.text:
-                parts.append(d.text)
+            if answer.add(d).text:
                 out.write(d.text)
                 out.flush()
     except KeyboardInterrupt:
@@ -148,9 +147,8 @@ def answer_one(session: ChatSession, prompt: str, interactive: bool, out: IO[str
         return None                              # a cut-off answer is not kept in the history
     out.write("\n")
     out.flush()
-    answer = "".join(parts)
-    session.record(prompt, answer)
-    return answer
+    session.record(prompt, answer.text)
+    return answer.text
 
 
 def read_piped(stream: IO[str], multiline: bool, end_marker: str = END_MARKER) -> Iterator[str]:

@@ -128,13 +128,8 @@ def answers(scheduler: Any, prompts: list[list[int]], params: SamplingParams, wi
             pending.append((nxt, scheduler.submit(prompts[nxt], params)))
             nxt += 1
         i, handle = pending.popleft()
-        text, reason, count = "", "length", 0
-        for d in handle:
-            text += d.text
-            count += d.token_id is not None
-            if d.finish_reason:
-                reason = d.finish_reason
-        yield i, text, reason, count
+        r = handle.result()
+        yield i, r.text, r.finish_reason, r.completion_tokens
 
 
 def generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int = 16,

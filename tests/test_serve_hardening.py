@@ -207,55 +207,6 @@ def test_a_sampling_error_fails_only_its_request(served, monkeypatch):
     assert httpx.post(served.url + CHAT_URL, content=chat(), headers=JSON, timeout=60).status_code == 200
 
 
-class FakeLlama:
-    """Stands in for llama_cpp.Llama: yields token ids; a seed of 13 makes llama_decode fail a few tokens in."""
-
-    def __init__(self, tokens: list[int]):
-        self.tokens, self.seed = tokens, None
-
-    def set_seed(self, seed):
-        self.seed = seed
-
-    def generate(self, prompt_ids, **kw):
-        seed = self.seed
-
-        def run():
-            for i in range(10_000):
-                if seed == 13 and i == 3:
-                    raise RuntimeError("llama_decode returned -1")
-                time.sleep(0.002)
-                yield self.tokens[i % len(self.tokens)]
-        return run()
-
-
-def test_an_error_in_the_llamacpp_worker_fails_only_that_request(tiny_llama):
-    from transformers import AutoTokenizer
-
-    from chatsmith.engine.llamacpp import LlamaCppEngine
-    from chatsmith.templates import get_template
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
-    words = tok("the capital of France", add_special_tokens=False)["input_ids"]
-    engine = LlamaCppEngine(FakeLlama(words), tok, get_template("chatml"), 512)
-    with Served("fake.gguf", engine=engine, model_id=MODEL_ID) as s:
-        streams = [[] for _ in range(4)]
-        bodies = [{"model": MODEL_ID, "messages": USER, "stream": True, "max_tokens": 30, "seed": seed}
-                  for seed in (1, 13, 2, 3)]
-        threads = [threading.Thread(target=stream_lines, args=(s.url, b, out)) for b, out in zip(bodies, streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        bad = streams.pop(1)
-        assert "llama_decode returned -1" in bad[-2], bad
-        for lines in streams:
-            assert finished_normally(lines), lines[-3:]
-        health = httpx.get(s.url + "/health", timeout=10)
-        assert health.status_code == 200 and health.json()["status"] == "ok"
-        ok = httpx.post(s.url + CHAT_URL, content=chat(max_tokens=5), headers=JSON, timeout=60)
-        assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the worker's death
 def test_a_dead_worker_makes_health_503(tiny_llama, monkeypatch):
     import chatsmith.engine.transformers_engine as hf

@@ -7,7 +7,7 @@ format) or as token ids. Results come back whole (`generate`) or as a stream of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from chatsmith.conversation import Conversation
 
@@ -65,10 +65,45 @@ class GenerationResult:
 class Delta:
     """One streaming step for one request: new text (may be empty while a possible stop string is held back)."""
 
-    index: int                        # which prompt of the batch
+    index: int                        # which prompt of the batch (in a DecodeBatch: the key the row joined with)
     text: str
     token_id: int | None = None
     finish_reason: str | None = None  # set on the last delta of that prompt
+
+
+class Answer:
+    """One request's deltas folded into its answer: the one loop that does this, used by `Engine.generate`, the
+    scheduler's `RequestHandle.result`, chat and the server's non-streamed replies."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+
+    def add(self, d: Delta) -> Delta:
+        self.parts.append(d.text)
+        if d.token_id is not None:
+            self.token_ids.append(d.token_id)
+        if d.finish_reason:
+            self.finish_reason = d.finish_reason
+        return d
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def result(self, prompt_tokens: int) -> GenerationResult:
+        """The whole answer; a stream that ended without a finish reason counts as "length"."""
+        return GenerationResult(self.text, self.token_ids, self.finish_reason or "length", prompt_tokens,
+                                len(self.token_ids))
+
+
+def collect(deltas: Iterable[Delta], n: int) -> list[Answer]:
+    """The deltas of a batch of `n` prompts, folded per prompt (by `Delta.index`)."""
+    answers = [Answer() for _ in range(n)]
+    for d in deltas:
+        answers[d.index].add(d)
+    return answers
 
 
 Prompt = Conversation | Sequence[int]
@@ -93,17 +128,8 @@ class Engine:
     # -- shared ---------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
                  ) -> list[GenerationResult]:
-        texts = ["" for _ in prompts]
-        ids: list[list[int]] = [[] for _ in prompts]
-        reasons: list[str] = ["length" for _ in prompts]
-        for d in self.stream(prompts, params):
-            texts[d.index] += d.text
-            if d.token_id is not None:
-                ids[d.index].append(d.token_id)
-            if d.finish_reason:
-                reasons[d.index] = d.finish_reason
-        prompt_lens = [len(self.prompt_ids(p)) for p in prompts]
-        return [GenerationResult(t, i, r, n, len(i)) for t, i, r, n in zip(texts, ids, reasons, prompt_lens)]
+        answers = collect(self.stream(prompts, params), len(prompts))
+        return [a.result(len(self.prompt_ids(p))) for a, p in zip(answers, prompts)]
 
     def checked_batch(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
                       ) -> tuple[list[list[int]], list[SamplingParams]]:
@@ -135,6 +161,13 @@ class Engine:
         strings = [*strings, *[s for s in params.stop if s and s not in strings]]
         ids = [*ids, *[i for i in params.stop_ids if i not in ids]]
         return strings, ids
+
+    def stop_machine(self, key: Any, params: SamplingParams) -> Any:
+        """The StopMachine (engine/stops.py) that ends one sequence the way these params and the template say."""
+        from chatsmith.engine.stops import StopMachine
+
+        strings, ids = self.stops(params)
+        return StopMachine(key, self.tokenizer, strings, ids, params.max_new_tokens, self.answer_lead(params))
 
     def answer_lead(self, params: SamplingParams) -> str:
         """What to drop from the start of the generated text (see SamplingParams.raw_text)."""

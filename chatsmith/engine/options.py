@@ -25,8 +25,9 @@ HELP = {
     "template": "prompt template (default: the one stored with the model, else the tokenizer's chat template, else "
                 "the one for the model's name: airoboros, stablelm-tuned-alpha, vicuna, ... (see "
                 "models.NAME_TEMPLATES), else vicuna_v1.1; `chatsmith template list` shows them)",
-    "backend": "transformers (default), llamacpp (a .gguf file, or a directory holding one: smollm2 or "
-               "`chatsmith export gguf` output) or vllm (GPU)",
+    "backend": "transformers, llamacpp (a .gguf file, or a directory holding one: smollm2 or `chatsmith export "
+               "gguf` output; decodes concurrent requests together) or vllm (GPU); default: llamacpp for a .gguf "
+               "file when llama-cpp-python is installed, else transformers",
     "dtype": "weights' dtype, transformers and vllm backends: auto (the default: bf16 on a GPU that has it or a "
              "CPU fast at it, else fp16 on a GPU, fp32 on a CPU), bf16, fp16 or fp32; a GGUF file fixes its own",
     "load_in_8bit": "8-bit weights, transformers backend: bitsandbytes int8 on a GPU; on a CPU every Linear layer "
@@ -93,7 +94,7 @@ def add_engine_args(p: argparse.ArgumentParser, *, prefix: str = "", model: bool
         p.add_argument(f"{opt}adapter", dest=f"{dest}adapter", action="append", default=[], metavar="DIR",
                        help=HELP["adapter"])
     p.add_argument(f"{opt}template", dest=f"{dest}template", default=None, metavar="NAME", help=HELP["template"])
-    p.add_argument(f"{opt}backend", dest=f"{dest}backend", default="transformers", choices=BACKENDS,
+    p.add_argument(f"{opt}backend", dest=f"{dest}backend", default=None, choices=BACKENDS,
                    help=HELP["backend"])
     p.add_argument(f"{opt}dtype", dest=f"{dest}dtype", default="auto", choices=DTYPES, metavar="DTYPE",
                    help=HELP["dtype"])
@@ -108,11 +109,15 @@ def engine_options(args: argparse.Namespace, *, prefix: str = "", **override: An
         return getattr(args, dest + name, default)
 
     fields = {"model": get("model", "smollm2"), "adapters": tuple(get("adapter", None) or ()),
-              "template": get("template", None), "backend": get("backend", "transformers"),
+              "template": get("template", None), "backend": get("backend", None),
               "dtype": get("dtype", "auto"), "load_in_8bit": bool(get("load_in_8bit", False))}
     if "adapters" in override:
         override["adapters"] = tuple(override["adapters"] or ())
-    return EngineOptions(**{**fields, **override}).check(prefix)
+    fields = {**fields, **override}
+    from chatsmith.engine.llamacpp import backend_for   # a .gguf file defaults to llama.cpp, served batched
+
+    fields["backend"] = backend_for(fields["model"], fields["backend"])
+    return EngineOptions(**fields).check(prefix)
 
 
 def engine_from_args(args: argparse.Namespace, *, prefix: str = "", **kwargs: Any) -> Any:

@@ -5,8 +5,10 @@
 left-padded KV cache) up to `max_batch` rows. Finished and cancelled rows leave between steps, so a short request
 never waits for a long one and total throughput grows with the number of concurrent clients.
 
-Engines without a `new_batch()` (e.g. llama.cpp) get dynamic batching instead: waiting requests form the next
-batch, which runs to completion through `engine.stream`.
+The transformers and llama.cpp engines both have a `new_batch()`; a batch may also say which requests `fits`
+now (llama.cpp's shared KV cache): the others wait in the queue, in order, until finished ones free room.
+Engines without a `new_batch()` (vLLM) get dynamic batching instead: waiting requests form the next batch, which
+runs to completion through `engine.stream`.
 
 Handles are consumed either blocking (`for delta in handle`) or from asyncio (`async for delta in handle.aiter()`),
 which never blocks the event loop: the worker wakes the loop with call_soon_threadsafe.
@@ -28,7 +30,7 @@ import threading
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 from chatsmith.conversation import Conversation
-from chatsmith.engine.base import Delta, GenerationResult, SamplingParams
+from chatsmith.engine.base import Answer, Delta, GenerationResult, SamplingParams
 from chatsmith.errors import ChatsmithError
 
 
@@ -131,12 +133,10 @@ class RequestHandle:
 
     def result(self) -> GenerationResult:
         """Block until done; the whole answer."""
-        text, ids = [], []
+        answer = Answer()
         for d in self:
-            text.append(d.text)
-            if d.token_id is not None:
-                ids.append(d.token_id)
-        return GenerationResult("".join(text), ids, self.finish_reason or "length", self.prompt_tokens, len(ids))
+            answer.add(d)
+        return answer.result(self.prompt_tokens)
 
 
 class Scheduler:
@@ -250,8 +250,9 @@ class Scheduler:
             if not h.done:
                 h._push(Delta(0, "", None, reason))
 
-    def _take_waiting(self, room: int) -> list[RequestHandle]:
-        """Up to `room` waiting requests (blocks while there is nothing to do). [] means: exit."""
+    def _take_waiting(self, room: int, fits: Any = None) -> list[RequestHandle]:
+        """Up to `room` waiting requests, in order, as long as `fits(their (prompt ids, params))` says they
+        can all join (blocks while there is nothing to do). [] means: exit, or nothing that fits yet."""
         with self._cv:
             while not self._waiting and not self._running:
                 if self._stop:
@@ -259,15 +260,18 @@ class Scheduler:
                 self._cv.wait()
             if self._abort:
                 return []
-            out = []
+            out: list[RequestHandle] = []
             while self._waiting and len(out) < room:
+                if fits is not None and not fits([(h.prompt_ids, h.params) for h in (*out, self._waiting[0])]):
+                    break
                 out.append(self._waiting.popleft())
             for h in out:
                 self._running[h.id] = h
             return out
 
     def _finish(self, h: RequestHandle, d: Delta) -> None:
-        h._push(d)
+        """Hand one engine delta to its request (as index 0: a handle is one prompt)."""
+        h._push(d if d.index == 0 else Delta(0, d.text, d.token_id, d.finish_reason))
         if d.finish_reason:
             with self._cv:
                 self._running.pop(h.id, None)
@@ -283,52 +287,63 @@ class Scheduler:
 
     def _run_continuous(self) -> None:
         batch = self.engine.new_batch()
-        while True:
-            if self._abort:
-                self._abort_all()
-                return
-            try:
-                self._continuous_step(batch)
-            except Exception as e:        # a failed decode step ends the requests in that batch, not the server
-                if self._fatal(e):
-                    raise
-                reason = f"error: {type(e).__name__}: {str(e)[:200]}"
-                with self._cv:
-                    failed = [h for h in self._running.values()]
-                for h in failed:
-                    if not h.done:
-                        self._finish(h, Delta(0, "", None, reason))
-                batch = self.engine.new_batch()
-            if not len(batch):
-                with self._cv:
-                    if self._stop and not self._waiting and not self._running:
-                        return
+        try:
+            while True:
+                if self._abort:
+                    self._abort_all()
+                    return
+                busy = True
+                try:
+                    busy = self._continuous_step(batch)
+                except Exception as e:        # a failed decode step ends the requests in that batch, not the server
+                    if self._fatal(e):
+                        raise
+                    reason = f"error: {type(e).__name__}: {str(e)[:200]}"
+                    with self._cv:
+                        failed = [h for h in self._running.values()]
+                    for h in failed:
+                        if not h.done:
+                            self._finish(h, Delta(0, "", None, reason))
+                    _close(batch)
+                    batch = self.engine.new_batch()
+                if not len(batch):
+                    with self._cv:
+                        if self._stop and not self._waiting and not self._running:
+                            return
+                        if not busy and self._waiting:   # nothing fits yet: another batch holds the room
+                            self._cv.wait(0.05)
+        finally:
+            _close(batch)
 
-    def _continuous_step(self, batch: Any) -> None:
-        """Let waiting requests join (up to max_batch), drop cancelled rows, decode one step.
+    def _continuous_step(self, batch: Any) -> bool:
+        """Let waiting requests join (up to max_batch), drop cancelled rows, decode one step. Returns whether
+        anything joined or decoded.
 
         Prefill first: requests that arrive while others are being prefilled join before the next decode step
         (until the batch is full), so a burst of clients all get their first token after one round of prefills
         instead of one decode step later per arrival."""
+        busy = False
         while len(batch) < self.max_batch:
-            joining = self._take_waiting(self.max_batch - len(batch))
+            joining = self._take_waiting(self.max_batch - len(batch), getattr(batch, "fits", None))
             if not joining:
                 break
             self._join(batch, joining)
+            busy = True
         for key in batch.keys():
             h = self._running.get(key)
             if h is not None and h.cancelled:
-                for _, text, tok, fin in batch.cancel(key):
-                    self._finish(h, Delta(0, text, tok, fin))
+                for d in batch.cancel(key):
+                    self._finish(h, d)
         if not len(batch):
-            return
+            return busy
         self.max_rows_seen = max(self.max_rows_seen, len(batch))
         events = batch.step()
         self.steps += 1
-        for key, text, tok, fin in events:
-            h = self._running.get(key)
+        for d in events:
+            h = self._running.get(d.index)
             if h is not None:
-                self._finish(h, Delta(0, text, tok, fin))
+                self._finish(h, d)
+        return True
 
     def _join(self, batch: Any, handles: list[RequestHandle]) -> None:
         """Prefill the joining requests together (the batch decides how to group them) and send first tokens."""
@@ -359,8 +374,8 @@ class Scheduler:
                 self._finish(rest[0], Delta(0, "", None, f"error: {_reason(e)}"))
             return
         by_id = {h.id: h for h in live}
-        for key, text, tok, fin in events:
-            self._finish(by_id[key], Delta(0, text, tok, fin))
+        for d in events:
+            self._finish(by_id[d.index], d)
 
     def _run_dynamic(self) -> None:
         while True:
@@ -388,7 +403,7 @@ class Scheduler:
         try:
             for d in self.engine.stream([h.prompt_ids for h in group], [h.params for h in group],
                                         cancelled=lambda i: group[i].cancelled or self._abort):
-                self._finish(group[d.index], Delta(0, d.text, d.token_id, d.finish_reason))
+                self._finish(group[d.index], d)
         except Exception as e:
             if self._fatal(e):
                 raise
@@ -408,6 +423,13 @@ class Scheduler:
     def _fatal(self, e: BaseException) -> bool:
         fatal = getattr(self.engine, "fatal", None)
         return bool(fatal(e)) if fatal is not None else False
+
+
+def _close(batch: Any) -> None:
+    """Free what a decode batch holds (llama.cpp: its sequence ids and KV cells); transformers' needs nothing."""
+    close = getattr(batch, "close", None)
+    if close is not None:
+        close()
 
 
 def _reason(e: BaseException) -> str:

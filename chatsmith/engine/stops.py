@@ -1,10 +1,14 @@
 """Incremental detokenization with stop strings: text is released only when it cannot be the start of a stop
 string, and everything from a stop string on is never released. A template's `answer_prefix` (vicuna's " ",
-generated as part of the first word) is dropped from the start of the text."""
+generated as part of the first word) is dropped from the start of the text. `StopMachine` adds stop ids and
+max_new_tokens and turns each sampled token into a Delta: every engine that samples tokens itself (transformers,
+llama.cpp) ends its sequences through it."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from chatsmith.engine.base import Delta
 
 
 class StopTextStream:
@@ -60,3 +64,44 @@ class StopTextStream:
                     best = n
                     break
         return best
+
+
+class StopMachine:
+    """One sequence's sampled tokens turned into Deltas, the one place every engine decides when a sequence ends:
+    a stop id ends it (the stop token is not part of the answer), a stop string ends it (StopTextStream: the
+    text before it is released, the string itself never), and max_new_tokens ends it with "length". After the
+    delta that carries a finish reason, `done` is set and nothing more may be accepted."""
+
+    def __init__(self, key: Any, tokenizer: Any, stop_strings: list[str], stop_ids: list[int],
+                 max_new_tokens: int, lead: str = ""):
+        self.key = key
+        self.text = StopTextStream(tokenizer, stop_strings, lead)
+        self.stop_ids = set(stop_ids)
+        self.max_new_tokens = max_new_tokens
+        self.produced = 0
+        self.done = False
+
+    def accept(self, token: int) -> Delta:
+        """The delta for one sampled token: its text (empty while a possible stop string is held back), and a
+        finish reason when the sequence ends with it."""
+        if token in self.stop_ids:
+            return self._end(self.text.flush(), None, "stop")
+        self.produced += 1
+        piece = self.text.add(token)
+        if self.text.stopped:
+            return self._end(piece, token, "stop")
+        if self.produced >= self.max_new_tokens:
+            return self._end(piece + self.text.flush(), token, "length")
+        return Delta(self.key, piece, token, None)
+
+    def cancel(self) -> Delta:
+        return self._end("", None, "cancelled")
+
+    def _end(self, text: str, token: int | None, reason: str) -> Delta:
+        self.done = True
+        return Delta(self.key, text, token, reason)
+
+
+def failed(key: Any, e: BaseException) -> Delta:
+    """The delta that ends one sequence with its error (the scheduler reports it to that request's client)."""
+    return Delta(key, "", None, f"error: {type(e).__name__}: {str(e)[:200]}")

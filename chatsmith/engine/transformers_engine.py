@@ -28,11 +28,7 @@ import torch
 from chatsmith.engine import lean_llama
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
 from chatsmith.engine.lean_llama import LeanLlamaDecoder
-from chatsmith.engine.stops import StopTextStream
-
-
-# (row key, new text, token id or None, finish reason or None)
-Event = tuple[Hashable, str, "int | None", "str | None"]
+from chatsmith.engine.stops import StopMachine, failed
 
 
 class HFEngine(Engine):
@@ -86,52 +82,43 @@ class HFEngine(Engine):
             return
         ids, plist = self.checked_batch(prompts, params)
         batch = self.new_batch()
-        for key, text, tok, fin in batch.add_many(list(zip(range(n), ids, plist))):
-            yield Delta(key, text, tok, fin)
+        yield from batch.add_many(list(zip(range(n), ids, plist)))
         while len(batch):
             if cancelled is not None:
                 for key in [k for k in batch.keys() if cancelled(k)]:
-                    for k, text, tok, fin in batch.cancel(key):
-                        yield Delta(k, text, tok, fin)
+                    yield from batch.cancel(key)
                 if not len(batch):
                     break
-            for key, text, tok, fin in batch.step():
-                yield Delta(key, text, tok, fin)
+            yield from batch.step()
 
 
 PREFILL_GROUP_TOKENS = 4096     # prompt tokens prefilled in one pass at most (bounds activation memory)
 
 
 class _Row:
-    """One sequence in a DecodeBatch: its sampling settings, stop detection and text stream."""
+    """One sequence in a DecodeBatch: its sampling settings and its StopMachine."""
 
-    def __init__(self, key: Hashable, prompt_len: int, params: SamplingParams, stops: tuple[list[str], list[int]],
-                 tokenizer: Any, device: Any, lead: str = ""):
+    def __init__(self, key: Hashable, prompt_len: int, params: SamplingParams, stops: StopMachine, device: Any):
         self.key = key
         self.params = params
         self.length = prompt_len          # real tokens in the cache for this row
-        self.text = StopTextStream(tokenizer, stops[0], lead)
-        self.stop_ids = set(stops[1])
-        self.produced = 0
+        self.stops = stops
         self.next_token: int | None = None   # sampled, not yet fed to the model
         self.gen: torch.Generator | None = None
         if not params.greedy:
             self.gen = torch.Generator(device=device)
             self.gen.manual_seed(params.seed if params.seed is not None else random.SystemRandom().randrange(2**63))
 
-    def accept(self, token: int) -> Event:
-        """Process a sampled token; returns its event (the text is empty while a possible stop string is held
-        back; the finish reason is set when this row is done)."""
-        if token in self.stop_ids:
-            return (self.key, self.text.flush(), None, "stop")
-        self.produced += 1
-        piece = self.text.add(token)
-        if self.text.stopped:
-            return (self.key, piece, token, "stop")
-        if self.produced >= self.params.max_new_tokens:
-            return (self.key, piece + self.text.flush(), token, "length")
-        self.next_token = token
-        return (self.key, piece, token, None)
+    @property
+    def produced(self) -> int:
+        return self.stops.produced
+
+    def accept(self, token: int) -> Delta:
+        """Process a sampled token; returns its delta (see StopMachine.accept)."""
+        delta = self.stops.accept(token)
+        if delta.finish_reason is None:
+            self.next_token = token
+        return delta
 
 
 class DecodeBatch:
@@ -156,16 +143,16 @@ class DecodeBatch:
         return [r.key for r in self.rows]
 
     # -- joining --------------------------------------------------------------------------------
-    def add(self, key: Hashable, prompt_ids: Sequence[int], params: SamplingParams) -> list[Event]:
+    def add(self, key: Hashable, prompt_ids: Sequence[int], params: SamplingParams) -> list[Delta]:
         """Prefill one prompt on its own and merge it into the batch; returns the first token's event."""
         return self.add_many([(key, prompt_ids, params)])
 
-    def add_many(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Event]:
+    def add_many(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Delta]:
         """Prefill prompts and merge them into the batch; returns each one's first-token event. Prompts are
         prefilled together where that leaves every cache bit-identical to a prefill alone (the lean llama path
         with row-independent matmuls, up to PREFILL_GROUP_TOKENS tokens at once), else one by one."""
         eng = self.engine
-        events: list[Event] = []
+        events: list[Delta] = []
         group: list[tuple[Hashable, Sequence[int], SamplingParams]] = []
         for req in requests:
             can_group = eng.lean is not None and eng.lean.group_prefill
@@ -177,7 +164,7 @@ class DecodeBatch:
             events += self._prefill(group)
         return events
 
-    def _prefill(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Event]:
+    def _prefill(self, requests: Sequence[tuple[Hashable, Sequence[int], SamplingParams]]) -> list[Delta]:
         """Prefill, sample and merge. A request that fails here ends alone with an 'error: ...' event (a group
         whose forward pass fails is retried one prompt at a time); nothing has been merged when that happens."""
         eng = self.engine
@@ -192,12 +179,11 @@ class DecodeBatch:
                 raise
             if len(requests) > 1:
                 return [ev for req in requests for ev in self._prefill([req])]
-            return [_failed(requests[0][0], e)]
+            return [failed(requests[0][0], e)]
         events = []
         for (key, prompt_ids, params), (logits, cache) in zip(requests, done):
             try:
-                row = _Row(key, len(prompt_ids), params, eng.stops(params), eng.tokenizer, self.device,
-                           eng.answer_lead(params))
+                row = _Row(key, len(prompt_ids), params, eng.stop_machine(key, params), self.device)
                 with torch.inference_mode():
                     logits = logits.float()
                     seen = None
@@ -209,10 +195,10 @@ class DecodeBatch:
             except Exception as e:     # this request's settings or text: it fails alone
                 if eng.fatal(e):
                     raise
-                events.append(_failed(key, e))
+                events.append(failed(key, e))
                 continue
             events.append(event)
-            if event[3] is None:
+            if event.finish_reason is None:
                 with torch.inference_mode():
                     self._merge(row, cache, seen, logits.shape[-1])
         return events
@@ -261,13 +247,13 @@ class DecodeBatch:
         self.rows.append(row)
 
     # -- leaving --------------------------------------------------------------------------------
-    def cancel(self, key: Hashable) -> list[Event]:
+    def cancel(self, key: Hashable) -> list[Delta]:
         idx = [i for i, r in enumerate(self.rows) if r.key == key]
         if not idx:
             return []
         with torch.inference_mode():
             self._drop(idx)
-        return [(key, "", None, "cancelled")]
+        return [Delta(key, "", None, "cancelled")]
 
     def _drop(self, idx: list[int]) -> None:
         keep = [i for i in range(len(self.rows)) if i not in set(idx)]
@@ -287,14 +273,14 @@ class DecodeBatch:
             self.seen = self.seen.index_select(0, sel)
 
     # -- decoding -------------------------------------------------------------------------------
-    def step(self) -> list[Event]:
+    def step(self) -> list[Delta]:
         """Feed every row its last sampled token, sample the next one; returns one event per row."""
         if not self.rows:
             return []
         with torch.inference_mode():   # the cache and mask are inference tensors: update them inside it
             return self._step()
 
-    def _step(self) -> list[Event]:
+    def _step(self) -> list[Delta]:
         eng = self.engine
         b = len(self.rows)
         if self.width >= self.mask.shape[1]:
@@ -327,11 +313,11 @@ class DecodeBatch:
         events, finished = [], []
         for i, (r, t) in enumerate(zip(self.rows, picked)):
             try:
-                ev = r.accept(t) if not isinstance(t, Exception) else _failed(r.key, t)
+                ev = r.accept(t) if not isinstance(t, Exception) else failed(r.key, t)
             except Exception as e:
-                ev = _failed(r.key, e)
+                ev = failed(r.key, e)
             events.append(ev)
-            if ev[3] is not None:
+            if ev.finish_reason is not None:
                 finished.append(i)
         if finished:
             self._drop(finished)
@@ -348,11 +334,6 @@ class DecodeBatch:
             except Exception as e:
                 out.append(e)
         return out
-
-
-def _failed(key: Hashable, e: BaseException) -> Event:
-    """The event that ends one row with its error (the scheduler reports it to that request's client)."""
-    return (key, "", None, f"error: {type(e).__name__}: {str(e)[:200]}")
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:

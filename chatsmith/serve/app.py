@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
+from chatsmith.engine.base import Answer
 from chatsmith.errors import ChatsmithError, ContextLengthError
 from chatsmith.serve import context_api, errors, prepare
 from chatsmith.serve.errors import APIError, sse_error
@@ -244,14 +245,11 @@ class ClientGone(Exception):
 
 async def _collect(handles: list, request: Request) -> tuple[list[str], list[str], list[int]]:
     """Run every choice to the end, cancelling them all if the client goes away meanwhile."""
-    texts, reasons, counts = [""] * len(handles), ["length"] * len(handles), [0] * len(handles)
+    answers = [Answer() for _ in handles]
 
     async def run() -> None:
         async for i, d in _merged(handles):
-            texts[i] += d.text
-            counts[i] += d.token_id is not None
-            if d.finish_reason:
-                reasons[i] = _finish(d.finish_reason)
+            _finish(answers[i].add(d).finish_reason)
 
     task = asyncio.create_task(run())
     try:
@@ -261,7 +259,8 @@ async def _collect(handles: list, request: Request) -> tuple[list[str], list[str
                 task.cancel()
                 raise ClientGone()
         task.result()
-        return texts, reasons, counts
+        return ([a.text for a in answers], [a.finish_reason or "length" for a in answers],
+                [len(a.token_ids) for a in answers])
     except GenerationFailed as e:
         raise APIError(503, str(e), None, "generation_failed") from None
     finally:
