@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatsmith.train.packing import PackedCollator, PaddedCollator, disable_kv_cache, pack, unpacked_features
+from chatsmith.train.packing import (
+    PackedCollator,
+    PaddedCollator,
+    disable_kv_cache,
+    pack,
+    unpacked_features,
+)
 from chatsmith.train.trainer import ChatsmithTrainer, labelled_logits_only
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,9 +78,9 @@ def test_fast_loss_equals_plain_forward(arch, packed, tiny_root, tmp_path):
     assert 0.05 < trained < 0.8, "the batch must have prompt positions to skip and answer positions to train"
     trainer = _trainer(model, tmp_path)
     for num_items in (None, n_items):      # mean over the batch, and the Trainer's sum / num_items_in_batch
-        want, want_g = _loss_and_grads(model, lambda: model(**plain_inputs, num_items_in_batch=num_items).loss)
-        got, got_g = _loss_and_grads(model, lambda: trainer.compute_loss(model, dict(batch),
-                                                                         num_items_in_batch=num_items))
+        want, want_g = _loss_and_grads(model, lambda n=num_items: model(**plain_inputs, num_items_in_batch=n).loss)
+        got, got_g = _loss_and_grads(model, lambda n=num_items: trainer.compute_loss(model, dict(batch),
+                                                                                     num_items_in_batch=n))
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         assert want_g.keys() == got_g.keys() and len(got_g) > 0
         for n in want_g:

@@ -107,8 +107,8 @@ class ChatsmithTrainer(Trainer):
 
         # under autocast, peft's cast of every LoRA input to fp32 is undone by autocast at once: skip the copies
         autocast = bool(self.args.bf16 or self.args.fp16)
-        with labelled_logits_only(self.model, inputs) as inputs, disable_input_dtype_casting(model, autocast):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+        with labelled_logits_only(self.model, inputs) as fast, disable_input_dtype_casting(model, autocast):
+            return super().compute_loss(model, fast, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
     def _get_output_dir(self, trial) -> str:
