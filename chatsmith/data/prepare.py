@@ -58,7 +58,8 @@ def prepare(inputs: Sequence[str | os.PathLike | SourceSpec], output: str | os.P
     inputs: "FILE[:FORMAT][@WEIGHT][~SAMPLE]" / "hf:OWNER/NAME[:SPLIT]..." strings or SourceSpecs (a sample is
     drawn with `seed`). language: keep only conversations in these ISO 639-1 codes ("en", "en,fr"). Token checks
     (max_length, no trainable token left) run when a template, model, tokenizer or max_length is given; the
-    template is picked as the engine picks it. Raises TooManyDropped (after writing report.json) when the dropped fraction passes the limit."""
+    template is picked as the engine picks it. Raises TooManyDropped (after writing report.json) when the dropped
+    fraction passes the limit."""
     t0 = time.perf_counter()
     # a str may carry :FORMAT@WEIGHT; a Path is taken literally
     specs = [s if isinstance(s, SourceSpec) else parse_input(s, format) if isinstance(s, str)
