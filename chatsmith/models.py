@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatsmith import cpu
 from chatsmith.errors import ModelLoadError
 from chatsmith.outputs import atomic_dir, output_lock
 
@@ -280,11 +281,7 @@ def resolve_dtype(dtype: str | Any):
 
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16 make bf16 matmul several times faster than fp32 on CPU; without them bf16 is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+    return cpu.amx_bf16() or cpu.avx512_bf16()
 
 
 def _hub_message(model: str, e: Exception) -> str:

@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "chatsmith"
 
 # lower rank = further upstream; a module may import only modules of rank <= its own
 RANKS = {
-    "errors": 0, "conversation": 0, "yamlfile": 0, "outputs": 0, "__init__": 0,
+    "errors": 0, "conversation": 0, "yamlfile": 0, "outputs": 0, "cpu": 0, "__init__": 0,
     "templates": 1, "context": 1, "models": 1, "adapters": 1,
     "data": 2,
     "synth": 3,

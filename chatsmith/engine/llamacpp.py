@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from chatsmith import cpu
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
 from chatsmith.engine.stops import StopTextStream
 from chatsmith.errors import ModelLoadError
@@ -135,11 +136,7 @@ def _safe_params() -> dict[str, Any]:
     forced = os.environ.get("CHATSMITH_LLAMACPP_EXTRA_BUFTS")
     if forced is not None:
         return {"use_extra_bufts": forced == "1"}
-    try:
-        amx = "amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        amx = False
-    return {"use_extra_bufts": False} if amx else {}
+    return {"use_extra_bufts": False} if cpu.amx_int8() else {}
 
 
 @contextmanager

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from chatsmith import cpu
+
 SOURCE = Path(__file__).with_name("decode_bf16.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 MAX_ROWS = 16          # AVX512-BF16 kernel: past this many rows oneDNN's GEMM is faster (compute-bound)
@@ -114,8 +116,7 @@ def amx() -> bool:
     if lib is None:
         return False
     if "amx" not in _state:
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-        _state["amx"] = "amx_bf16" in flags and lib.chatsmith_amx_init() == 0 and \
+        _state["amx"] = cpu.amx_bf16() and lib.chatsmith_amx_init() == 0 and \
             os.environ.get("CHATSMITH_AMX", "1") != "0"
     return bool(_state["amx"])
 
@@ -155,11 +156,7 @@ class _Unavailable(Exception):
 def _build_and_open():
     if os.environ.get("CHATSMITH_KERNELS", "1") == "0":
         raise _Unavailable("turned off by CHATSMITH_KERNELS=0")
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    if "avx512_bf16" not in flags:
+    if not cpu.avx512_bf16():
         raise _Unavailable("this CPU has no AVX512-BF16")
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
