@@ -9,14 +9,13 @@ checkpoint cut short: it is skipped with a message, never loaded, and removed by
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
 from chatsmith.errors import ChatsmithError
-from chatsmith.outputs import fsync_dir, fsync_file, fsync_tree
+from chatsmith.outputs import atomic_write_text, publish_dir
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -76,17 +75,8 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
 def publish(staged: Path, final: Path) -> None:
     """staging folder -> every file flushed to disk -> final name (atomic rename) -> completion marker. The
     fsync comes first: after a power loss the marker must never stand beside files the disk did not keep."""
-    fsync_tree(staged)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staged, final)
-    fsync_dir(final.parent)
-    marker = final / COMPLETE_MARKER
-    tmp = final / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": checkpoint_step(final)}))
-    fsync_file(tmp)
-    os.replace(tmp, marker)
-    fsync_dir(final)
+    publish_dir(staged, final)
+    atomic_write_text(final / COMPLETE_MARKER, json.dumps({"step": checkpoint_step(final)}))
 
 
 def rotate(root: Path, limit: int, keep: Path | None = None) -> None:
@@ -101,7 +91,7 @@ def rotate(root: Path, limit: int, keep: Path | None = None) -> None:
         if keep is not None and p.resolve() == keep.resolve():
             continue
         shutil.rmtree(p, ignore_errors=True)
-    for stale in root.glob(".staging-*"):
+    for stale in [*root.glob(".staging-*"), *root.glob(".checkpoint-*.old-*")]:    # a save or swap cut short
         shutil.rmtree(stale, ignore_errors=True)
 
 
