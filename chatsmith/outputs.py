@@ -3,7 +3,10 @@
 Atomic outputs: write into a hidden temp path beside the target, rename it into place only when complete. A failed
 or interrupted export therefore never leaves a half-written model directory or GGUF file behind, an existing output
 is replaced only once its replacement is whole, and (a directory being replaced as a whole) no file of an earlier
-run survives in it. Files are fsynced before the rename that makes them visible.
+run survives in it. Files are fsynced before the rename that makes them visible. This module is the one place that
+writes that way: every writer of the package goes through atomic_file / atomic_open / atomic_write_text (a file)
+or atomic_dir / staging_dir + publish_dir (a directory). Appends (metrics.jsonl, results files) are not renames and
+are written in place.
 
 Locks: `output_lock(path)` takes an advisory fcntl lock on `.NAME.lock` beside the output (beside it, not in it,
 so the lock outlives the directory being swapped), for the whole run; a second run on the same output stops at
@@ -16,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from chatsmith.errors import ChatsmithError
 
@@ -45,19 +48,43 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
+def _fresh(out: Path, kind: str, make) -> Path:
+    """A new hidden name beside `out` made with `make` (which must refuse an existing name). Not tempfile's
+    mkstemp/mkdtemp: their private 0600/0700 modes would be published with the output, which must get the mode a
+    plain write gives (the umask's)."""
+    while True:
+        p = out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+        try:
+            make(p)
+            return p
+        except FileExistsError:
+            continue
+
+
+def _new_file(p: Path) -> None:
+    os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 def staging_dir(out: Path) -> Path:
     """A fresh hidden directory beside `out` (same file system, so it can be renamed onto `out`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    return _fresh(out, "tmp", os.mkdir)
 
 
 @contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temp directory; on success it becomes `out` (replacing an old one), on any error it is removed."""
+def atomic_dir(out: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temp directory; on success it becomes `out` (replacing an old one), on any error it is removed.
+    replace=False (a cache entry several processes may fill at once): the first one published stays, and a later
+    one is an OSError, so that a reader of the entry never has it swapped under it."""
     tmp = staging_dir(out)
     try:
         yield tmp
-        publish_dir(tmp, out)
+        if replace:
+            publish_dir(tmp, out)
+        else:
+            fsync_tree(tmp)
+            os.replace(tmp, out)         # refused (ENOTEMPTY) when another process published it first
+            fsync_dir(out.parent)
     finally:
         _remove(tmp)
 
@@ -66,9 +93,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
 def atomic_file(out: Path) -> Iterator[Path]:
     """Yield a temp file path beside `out`; on success it is fsynced and renamed to `out`, on any error removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp-")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _fresh(out, "tmp", _new_file)
     try:
         yield tmp
         if out.is_dir():
@@ -80,16 +105,44 @@ def atomic_file(out: Path) -> Iterator[Path]:
         _remove(tmp)
 
 
-def publish_dir(tmp: Path, out: Path) -> None:
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """atomic_file, opened: readers never see half a file. Text modes are UTF-8."""
+    with atomic_file(Path(path)) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def publish_dir(tmp: Path, out: Path, carry: tuple[str, ...] = ()) -> None:
     """Make the finished directory `tmp` the output `out`, whole: its files are flushed to disk first, and an
-    existing `out` is replaced with nothing of it left behind."""
+    existing `out` is replaced with nothing of it left behind but its `carry` entries (a training run's
+    metrics.jsonl, kept checkpoints), which move into the new one; if the swap fails they move back, so a
+    resumed run finds them where they were."""
+    moved: list[str] = []
+    try:
+        for name in carry:
+            if (out / name).exists():
+                os.replace(out / name, tmp / name)
+                moved.append(name)
+        _swap(tmp, out)
+    except BaseException:
+        for name in moved:
+            os.replace(tmp / name, out / name)
+        raise
+
+
+def _swap(tmp: Path, out: Path) -> None:
     fsync_tree(tmp)
     if not out.exists():
         os.replace(tmp, out)
         fsync_dir(out.parent)
         return
     # an existing output: move it aside first so there is never a moment with neither
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    old = _fresh(out, "old", os.mkdir)
     old.rmdir()
     os.replace(out, old)
     try:

@@ -66,7 +66,8 @@ def test_checkpoint_files_are_fsynced_before_the_completion_marker(tmp_path, mon
                                                                            ck.COMPLETE_MARKER)))
     synced = {Path(p).name for kind, p in events[:marker] if kind == "fsync"}
     assert {"adapter_model.safetensors", "optimizer.pt", "trainer_state.json"} <= synced
-    assert f"{ck.COMPLETE_MARKER}.tmp" in synced and ck.is_complete(tmp_path / "checkpoint-5")
+    assert any(n.startswith(f".{ck.COMPLETE_MARKER}.tmp-") for n in synced)     # the marker itself, before its rename
+    assert ck.is_complete(tmp_path / "checkpoint-5")
 
 
 def _rows(n, tag):
@@ -112,3 +113,82 @@ def test_generate_output_is_locked(tmp_path):
     with output_lock(out):
         with pytest.raises(OutputBusy, match="out.jsonl: the generate output is in use"):
             generate_file(object(), inp, out, SamplingParams(max_new_tokens=1))
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_published_outputs_get_the_mode_a_plain_write_gives(tmp_path, umask_022):
+    """Not mkstemp/mkdtemp's private 0600/0700: an exported model or report is readable as any written file."""
+    import stat
+
+    from chatsmith.outputs import atomic_file, atomic_write_text
+
+    with atomic_file(tmp_path / "model.gguf") as tmp:
+        tmp.write_bytes(b"GGUF")
+    atomic_write_text(tmp_path / "report.md", "# report\n")
+    with atomic_dir(tmp_path / "merged") as tmp:
+        (tmp / "config.json").write_text("{}")
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert mode == {"model.gguf": 0o644, "report.md": 0o644, "merged": 0o755}
+    assert (tmp_path / "report.md").read_text() == "# report\n"
+
+
+def test_publish_dir_carries_this_runs_files_and_moves_them_back_when_the_swap_fails(tmp_path, monkeypatch):
+    from chatsmith import outputs
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "adapter_config.json").write_text("{}")                    # an earlier run's file: not carried
+
+    def staged(text):
+        tmp = outputs.staging_dir(out)
+        (tmp / "adapter_model.safetensors").write_text(text)
+        return tmp
+
+    real = os.replace
+
+    def refuse_the_swap(a, b):
+        if Path(b) == out and Path(a).name.startswith(".run.tmp-"):
+            raise OSError("disk gone")
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", refuse_the_swap)
+    failed = staged("v1")
+    with pytest.raises(OSError, match="disk gone"):
+        outputs.publish_dir(failed, out, carry=("metrics.jsonl", "checkpoints", "absent.txt"))
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "checkpoints", "metrics.jsonl"]
+    assert sorted(p.name for p in failed.iterdir()) == ["adapter_model.safetensors"]
+    monkeypatch.undo()
+    outputs.publish_dir(staged("v2"), out, carry=("metrics.jsonl", "checkpoints", "absent.txt"))
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors", "checkpoints", "metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [failed.name, "run"]
+
+
+def test_a_cache_entry_published_first_stays(tmp_path):
+    """atomic_dir(replace=False), the llama.cpp tokenizer cache: a second filler never swaps it under a reader."""
+    entry = tmp_path / "tok"
+    with atomic_dir(entry, replace=False) as tmp:
+        (tmp / "tokenizer_config.json").write_text("first")
+    with pytest.raises(OSError):
+        with atomic_dir(entry, replace=False) as tmp:
+            (tmp / "tokenizer_config.json").write_text("second")
+    assert (entry / "tokenizer_config.json").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["tok"]
+
+
+def test_rotation_drops_a_checkpoint_publish_cut_short(tmp_path):
+    from chatsmith.train import checkpoints as ck
+
+    for step in (2, 4):
+        (tmp_path / f".staging-{step}" / f"checkpoint-{step}").mkdir(parents=True)
+        ck.publish(tmp_path / f".staging-{step}" / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    (tmp_path / ".checkpoint-4.old-1a2b3c4d").mkdir()                   # killed between the swap and the cleanup
+    ck.rotate(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]

@@ -16,6 +16,7 @@ from typing import Any
 from chatsmith.data.lengths import load_template_and_tokenizer
 from chatsmith.data.problems import REASONS, RowProblem
 from chatsmith.data.sources import SourceSpec, read_source
+from chatsmith.outputs import atomic_file
 from chatsmith.templates import IGNORE_INDEX, Rendered
 
 OPEN, CLOSE = "⟦", "⟧"
@@ -83,8 +84,11 @@ def plot_histogram(lengths: list[int], path: str | Path, *, title: str = "", max
     ax.set_ylabel("rows")
     ax.set_title(title or "token lengths")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from chatsmith.conversation import Conversation
 from chatsmith.errors import ChatsmithError
-from chatsmith.outputs import atomic_file
+from chatsmith.outputs import atomic_open
 
 try:
     from _json import encode_basestring as _quote  # the C function json uses for ensure_ascii=False
@@ -77,11 +76,3 @@ def write_conversations(path: str | os.PathLike, convs: Iterable[Conversation]) 
             f.write(dumps(conv) + "\n")
             n += 1
     return n
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Write to a temp file beside `path`, then rename (chatsmith.outputs.atomic_file): readers never see half a
-    file."""
-    with atomic_file(Path(path)) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-        yield f

@@ -259,12 +259,11 @@ def load_gguf_tokenizer(path: Path) -> Any:
     """The Hugging Face tokenizer stored in the GGUF file (its chat_template included). Reading it out of the
     GGUF takes transformers ~30 s, so it is saved once under the cache dir, keyed by the file's identity."""
     import hashlib
-    import shutil
-    import tempfile
 
     from transformers import AutoTokenizer
 
     from chatsmith.models import cache_dir
+    from chatsmith.outputs import atomic_dir
 
     st = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -277,15 +276,11 @@ def load_gguf_tokenizer(path: Path) -> Any:
         except Exception as e:
             raise ModelLoadError(f"{path}: cannot read the tokenizer in this GGUF file ({type(e).__name__}: "
                                  f"{str(e)[:200]})") from None
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}-"))
         try:
-            tok.save_pretrained(tmp)
-            os.replace(tmp, cached)        # atomic: a half-written tokenizer is never picked up
+            with atomic_dir(cached, replace=False) as tmp:    # a half-written tokenizer is never picked up
+                tok.save_pretrained(tmp)
         except OSError:
             pass                           # another process won the race, or a read-only cache: no matter
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -23,6 +23,7 @@ from typing import Any
 from chatsmith.engine.options import EngineOptions, add_engine_args, engine_options
 from chatsmith.errors import ChatsmithError
 from chatsmith.eval.suite import SuiteItem, load_suite
+from chatsmith.outputs import atomic_write_text
 
 
 @dataclass
@@ -71,13 +72,6 @@ def to_system(name: str, spec: Any) -> SystemSpec:
         return SystemSpec(name, endpoint=spec)
     model, *adapters = spec.split("+")
     return SystemSpec(name, model=model, adapters=adapters)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    from chatsmith.outputs import atomic_file
-
-    with atomic_file(Path(path)) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def read_jsonl_lenient(path: Path) -> tuple[list[dict], int]:
@@ -197,11 +191,11 @@ def _answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], 
     prev_items, _ = read_jsonl_lenient(suite_path)
     merged = {r["id"]: r for r in prev_items}
     merged.update({it.id: it.to_dict() for it in items})
-    write_atomic(suite_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged.values()))
+    atomic_write_text(suite_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged.values()))
     sys_path = out / "systems.json"
     known = json.loads(sys_path.read_text(encoding="utf-8")) if sys_path.is_file() else {}
     known.update({s.name: s.spec for s in specs})
-    write_atomic(sys_path, json.dumps(known, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(sys_path, json.dumps(known, indent=2, ensure_ascii=False) + "\n")
 
     summary: dict[str, dict[str, int]] = {}
     for s in specs:
@@ -243,7 +237,7 @@ def _answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], 
                 latest[r["id"]] = r
         pos = {k: i for i, k in enumerate(merged)}
         ordered = sorted(latest.values(), key=lambda r: ("error" in r, pos.get(r["id"], len(pos)), r["id"]))
-        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
         if stats["errors"]:
             log(f"{s.name}: {stats['errors']} item(s) failed (see 'error' in {path}); run again to retry them")
         summary[s.name] = stats

@@ -191,9 +191,9 @@ def merge_ratings(paths: list[str | Path], answers_dir: str | Path | None = None
                                                "spearman": _r(spearman(x, y))}
         first = next(iter(out["judge_correlations"].values()), None)
         out["judge_correlation"] = first or {"mode": mode, "n": 0, "pearson": None, "spearman": None}
-        from chatsmith.eval.answer import write_atomic
+        from chatsmith.outputs import atomic_write_text
 
-        write_atomic(d / "human.json", json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(d / "human.json", json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     return out
 
 

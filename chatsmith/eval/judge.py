@@ -40,9 +40,10 @@ from typing import Any, Iterator
 
 from chatsmith.engine.options import EngineOptions, add_engine_args, engine_options
 from chatsmith.errors import ChatsmithError
-from chatsmith.eval.answer import load_answers, read_jsonl_lenient, write_atomic
+from chatsmith.eval.answer import load_answers, read_jsonl_lenient
 from chatsmith.eval.suite import SuiteItem
 from chatsmith.eval.verdict import VerdictError, parse_verdict
+from chatsmith.outputs import atomic_write_text
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 MODES = ("multi", "pairwise", "single")
@@ -316,8 +317,8 @@ def judge(answers_dir: str | Path, judge: str, *, mode: str = "multi", samples: 
     summary.update({"name": name, "judge": identity, "mode": mode, "samples": samples, "calls": counter["calls"],
                     "temperature": temperature, **extra})
     # the summary first: a judgments file on disk always has its summary beside it
-    write_atomic(summary_path(d, mode, name), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(summary_path(d, mode, name), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     summary["path"] = str(path)
     return summary
 

@@ -59,8 +59,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from chatsmith.eval.answer import load_answers, write_atomic
+from chatsmith.eval.answer import load_answers
 from chatsmith.eval.suite import SuiteItem
+from chatsmith.outputs import atomic_write_text
 
 CONTEXT_FIGURES = ("context.cite", "context.abstain", "context.invented", "context.other")
 CODE_FIGURES = ("code.tests", "code.form")
@@ -516,7 +517,7 @@ def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memor
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         rows_out = list(pool.map(run, jobs)) + unscored
-    write_atomic(d / "metrics.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_out))
+    atomic_write_text(d / "metrics.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_out))
     summary: dict[str, Any] = {
         "figures": summarize(rows_out),
         "unscored": [{k: r[k] for k in ("system", "item", "suite", "figures", "unscored")}
@@ -527,7 +528,7 @@ def score_automatic(answers_dir: str | Path, *, code_timeout: float = 5.0, memor
         "definitions": DEFINITIONS,
         "code_execution": {"allowed": allowed, "isolation": isolation},
     }
-    write_atomic(d / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(d / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 

@@ -16,11 +16,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from chatsmith.eval.answer import load_answers, read_jsonl_lenient, write_atomic
+from chatsmith.eval.answer import load_answers, read_jsonl_lenient
 from chatsmith.eval.metrics import (CODE_FIGURES, CONTEXT_FIGURES, DEFINITIONS, FEW_ITEMS, LOWER_IS_BETTER,
                                      score_automatic)
 from chatsmith.eval.sandbox import NOT_ALLOWED
 from chatsmith.eval.suite import CATEGORY_TITLES
+from chatsmith.outputs import atomic_file, atomic_write_text
 
 Table = dict[str, Any]  # {"title", "columns", "rows": [[cells]], "notes": [str]}
 
@@ -431,10 +432,11 @@ def bar_chart(chart: dict[str, dict[str, tuple[float, float | None]]], systems: 
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def write_report(answers_dir: str | Path, output_dir: str | Path | None = None, title: str = "chatsmith eval"
@@ -473,8 +475,8 @@ def write_report(answers_dir: str | Path, output_dir: str | Path | None = None, 
         bar_chart(metric_chart, systems, out / name, f"{title}: automatic metrics",
                   ylabel="% of items (invented/other: lower is better)")
         charts.append(name)
-    write_atomic(paths["markdown"], to_markdown(tables, title))
-    write_atomic(paths["html"], to_html(tables, title, charts))
+    atomic_write_text(paths["markdown"], to_markdown(tables, title))
+    atomic_write_text(paths["html"], to_html(tables, title, charts))
     return paths
 
 

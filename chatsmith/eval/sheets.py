@@ -66,8 +66,8 @@ def _slots(n: int) -> list[str]:
 
 def export_sheets(answers_dir: str | Path, out_dir: str | Path, raters: int = 2, seed: int = 0) -> list[Path]:
     """Write one blind sheet per rater into `out_dir` (new) and add their keys to ANS/human_key.json."""
-    from chatsmith.eval.answer import load_answers, write_atomic
-    from chatsmith.outputs import atomic_dir
+    from chatsmith.eval.answer import load_answers
+    from chatsmith.outputs import atomic_dir, atomic_write_text
 
     if raters < 1:
         raise ChatsmithError("--raters must be at least 1")
@@ -107,7 +107,7 @@ def export_sheets(answers_dir: str | Path, out_dir: str | Path, raters: int = 2,
             (tmp / name).write_text(text, encoding="utf-8")
         (tmp / "INSTRUCTIONS.txt").write_text(INSTRUCTIONS, encoding="utf-8")
         # the key last inside the atomic step: a failed export leaves neither sheets nor a key for them
-        write_atomic(key_path(d), json.dumps(key, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(key_path(d), json.dumps(key, indent=2, ensure_ascii=False) + "\n")
     return [out / name for name in files]
 
 

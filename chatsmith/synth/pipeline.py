@@ -21,6 +21,7 @@ from collections import Counter, deque
 from pathlib import Path
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.outputs import atomic_write_text
 from chatsmith.synth.config import SynthConfig
 from chatsmith.synth.filters import NearDuplicates, compile_patterns, first_match
 from chatsmith.synth.kinds import KINDS, GenContext, Kind, Task, parse_numbered, turn_range
@@ -263,10 +264,7 @@ async def load_topics(cfg: SynthConfig, teacher: Teacher) -> list[str]:
     if not topics:
         raise ChatsmithError(f"topics.generate: the teacher at {cfg.teacher.base_url} gave no numbered list of "
                              "topics in 3 tries; give topics.file instead")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text("\n".join(topics) + "\n", encoding="utf-8")
-    tmp.replace(cache)
+    atomic_write_text(cache, "\n".join(topics) + "\n")
     return topics
 
 

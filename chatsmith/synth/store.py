@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.outputs import atomic_write_text
 
 ROW_FIELDS = ("instruction", "response", "category", "system")
 
@@ -143,10 +144,7 @@ class Report:
         return {"runs": self.runs, "instructors": inst, "teacher": dict(sorted(self.teacher.items()))}
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def table(self) -> str:
         rows = [("instructor", "target", "kept", "rejected", "top reasons")]

@@ -10,14 +10,13 @@ loaded, and removed by the next rotation.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
 from chatsmith.errors import ChatsmithError
-from chatsmith.outputs import fsync_dir, fsync_file, fsync_tree
+from chatsmith.outputs import atomic_write_text, fsync_tree
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -78,12 +77,7 @@ def mark_complete(path: Path) -> None:
     """Every file of the checkpoint flushed to disk, then the completion marker (written atomically). The fsync
     comes first: after a power loss the marker must never stand beside files the disk did not keep."""
     fsync_tree(path)
-    marker = path / COMPLETE_MARKER
-    tmp = path / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": checkpoint_step(path)}))
-    fsync_file(tmp)
-    os.replace(tmp, marker)
-    fsync_dir(path)
+    atomic_write_text(path / COMPLETE_MARKER, json.dumps({"step": checkpoint_step(path)}))
 
 
 def rotate(root: Path, limit: int, keep: Path | None = None) -> None:
@@ -99,6 +93,6 @@ def rotate(root: Path, limit: int, keep: Path | None = None) -> None:
         if keep is not None and p.resolve() == keep.resolve():
             continue
         shutil.rmtree(p, ignore_errors=True)
-    for stale in root.glob(".staging-*"):
+    for stale in [*root.glob(".staging-*"), *root.glob(".checkpoint-*.old-*")]:    # a save or swap cut short
         shutil.rmtree(stale, ignore_errors=True)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chatsmith.models import META_FILE
-from chatsmith.outputs import publish_dir, staging_dir
+from chatsmith.outputs import atomic_file, publish_dir, staging_dir
 from chatsmith.templates import Template
 from chatsmith.templates.spec import template_to_meta
 
@@ -31,7 +31,6 @@ def save_output(out: Path, model: Any, tokenizer: Any, template: Template, *, me
     for `out`: nothing of an earlier run (an old adapter_config.json) survives, and a kill before the swap
     leaves `out` as it was, checkpoints included, to resume."""
     tmp = staged if staged is not None else staging_dir(out)
-    moved: list[str] = []
     try:
         if model is None:                                     # already saved by Trainer.save_model (sharded)
             (tmp / "training_args.bin").unlink(missing_ok=True)
@@ -60,15 +59,8 @@ def save_output(out: Path, model: Any, tokenizer: Any, template: Template, *, me
             if p.is_file():
                 os.chmod(p, 0o644)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        for name in carry:
-            if (out / name).exists():
-                os.replace(out / name, tmp / name)
-                moved.append(name)
-        publish_dir(tmp, out)
-        moved = []
+        publish_dir(tmp, out, carry=carry)     # a failed swap moves this run's `carry` back where it was
     finally:
-        for name in moved:                     # the swap failed: this run's files go back where they were
-            os.replace(tmp / name, out / name)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -128,8 +120,9 @@ def plot_loss(metrics: Path, png: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with atomic_file(png) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return png

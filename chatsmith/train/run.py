@@ -348,19 +348,17 @@ def merge_stage(base_path: Path, adapter: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from chatsmith.adapters import merge_adapter
+    from chatsmith.outputs import atomic_dir
 
     if (out / "config.json").is_file() and (out / ".complete").is_file():
         return out
     if _is_main():
         model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
         model = merge_adapter(model, adapter)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(tmp))
-        (tmp / ".complete").write_text("merged\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(tmp))
+            (tmp / ".complete").write_text("merged\n")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return out
@@ -384,12 +382,7 @@ def _publish_final(last: Path, out: Path, stage_dirs: list[Path]) -> None:
                 lines.append(m.read_text(encoding="utf-8"))
         (tmp / METRICS_FILE).write_text("".join(lines), encoding="utf-8")
         plot_loss(tmp / METRICS_FILE, tmp / LOSS_PNG)
-        os.replace(out / "stages", tmp / "stages")
-        try:
-            publish_dir(tmp, out)
-        except BaseException:            # the stages stay where a resumed run finds them
-            os.replace(tmp / "stages", out / "stages")
-            raise
+        publish_dir(tmp, out, carry=("stages",))     # a failed swap leaves the stages where a resumed run finds them
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

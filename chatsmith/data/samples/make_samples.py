@@ -33,6 +33,7 @@ from pathlib import Path
 from chatsmith.closed_context import Document, build_context
 from chatsmith.data.samples import closed_context
 from chatsmith.data.samples.plainformat import TRAIN_PYTHON, heldout_code_items
+from chatsmith.outputs import atomic_file
 
 HERE = Path(__file__).parent
 TRAIN_FILES = ("contextual.jsonl", "instructions_en.jsonl", "instructions_zh.jsonl", "multiturn.jsonl",
@@ -314,11 +315,9 @@ def write(out: Path = HERE) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, rows in build().items():
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        with atomic_file(out / name) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        tmp.replace(out / name)
         counts[name] = len(rows)
     return counts
 
