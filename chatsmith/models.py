@@ -83,7 +83,8 @@ def resolve(model: str | os.PathLike = DEFAULT_MODEL, adapters: list[str] | None
             base = meta.get("base_model") or json.loads((p / "adapter_config.json").read_text()).get(
                 "base_model_name_or_path")
             if not base:
-                raise ModelLoadError(f"{p}: a LoRA adapter with no recorded base model; pass --model BASE --adapter {p}")
+                raise ModelLoadError(f"{p}: a LoRA adapter with no recorded base model; "
+                                     f"pass --model BASE --adapter {p}")
             ref = resolve(base)
             ref.adapters = [p, *adapter_paths]
             ref.meta = {**ref.meta, **meta}
@@ -107,7 +108,8 @@ def _check_adapter(a: str) -> Path:
 
 def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     """Dequantize a GGUF file with transformers once; later calls reuse the cached safetensors."""
-    digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    st = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "models" / (name or f"{gguf.stem}-{digest}")
     marker = out / ".complete"
     if marker.is_file() and marker.read_text().strip() == digest:
@@ -223,7 +225,7 @@ def quantize_int8_cpu(model):
     features of LLM activations ruin (SmolLM2 validation perplexity x2.5-3.8 measured), and it is deprecated."""
     import torch
 
-    for name, module in list(model.named_modules()):
+    for _name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:
                 setattr(module, child_name, int8_linear_type()(child))

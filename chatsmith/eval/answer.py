@@ -208,7 +208,7 @@ def _answer_suite(systems: dict[str, Any], suite: str | Path | list[SuiteItem], 
             log(f"{s.name}: answering {len(todo)} item(s) ({stats['skipped']} already done) with {s.spec}")
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
-                def emit(batch: list[SuiteItem], results: list[dict]) -> None:
+                def emit(batch: list[SuiteItem], results: list[dict], s=s, stats=stats, done=done, f=f) -> None:
                     for it, res in zip(batch, results):
                         row = {"id": it.id, "category": it.category, "system": s.name, **res}
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,16 +1,17 @@
 """Native decode kernels, compiled on first use with the system C compiler and cached.
 
 `decode_bf16.c` holds two: the bf16 linear layer at small batch and the one-query decode attention (its header
-says why torch's kernels are not used there). It is built with `cc -O3 -mavx512bf16 -fopenmp` into $CHATSMITH_CACHE/kernels (about a second;
-the file name carries a hash of the source and flags, the write is atomic) and called through ctypes. It links
+says why torch's kernels are not used there). It is built with `cc -O3 -mavx512bf16 -fopenmp` into
+$CHATSMITH_CACHE/kernels (about a second; the file name carries a hash of the source and flags, the write is
+atomic) and called through ctypes. It links
 libgomp.so.1, the soname torch's own OpenMP runtime carries, so the kernel runs on torch's thread pool and
 the caller passes torch.get_num_threads() as its team size.
 
-`bf16_gemv()` and `bf16_attend()` return None, and the callers keep torch's kernels, where it cannot apply: a CPU without AVX512-BF16,
-no C compiler, a failed build, or CHATSMITH_KERNELS=0 (the opt-out). `why_not()` says which. The kernel is an
-optimisation, never a requirement: any failure to build or load it (no compiler, a compiler wrapper that fails, a
-build past BUILD_TIMEOUT_S, a read-only cache, a library that does not load) falls back to torch's kernels with
-one line on stderr, never an exception.
+`bf16_gemv()` and `bf16_attend()` return None, and the callers keep torch's kernels, where it cannot apply: a CPU
+without AVX512-BF16, no C compiler, a failed build, or CHATSMITH_KERNELS=0 (the opt-out). `why_not()` says which.
+The kernel is an optimisation, never a requirement: any failure to build or load it (no compiler, a compiler
+wrapper that fails, a build past BUILD_TIMEOUT_S, a read-only cache, a library that does not load) falls back to
+torch's kernels with one line on stderr, never an exception.
 """
 
 from __future__ import annotations
