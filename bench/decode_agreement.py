@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from chatsmith.conversation import Conversation
     from chatsmith.engine import kernels, pick_template
     from chatsmith.engine.base import SamplingParams
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
     from chatsmith.engine.lean_llama import LeanLlamaDecoder
 
     torch.set_num_threads(args.threads)

@@ -111,7 +111,7 @@ def test_opt_out_is_silent(fresh, monkeypatch, capfd):
 
 def test_engine_decodes_on_torch_after_a_failed_build_and_names_its_path(fresh, tiny_llama, monkeypatch, capfd):
     from chatsmith.engine.base import SamplingParams
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
     from chatsmith.engine.lean_llama import LeanLlamaDecoder
 
     applies()
@@ -131,7 +131,7 @@ def test_engine_decodes_on_torch_after_a_failed_build_and_names_its_path(fresh, 
 
 def test_decode_path_line_names_the_native_step_and_the_generic_path(tiny_root, tiny_llama, capfd):
     import tiny
-    from chatsmith.engine.hf import HFEngine
+    from chatsmith.engine.transformers_engine import HFEngine
 
     HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="fp32")
     [line] = [ln for ln in capfd.readouterr().err.splitlines() if "decode path" in ln]

@@ -187,8 +187,9 @@ def test_rotation_drops_a_checkpoint_publish_cut_short(tmp_path):
     from chatsmith.train import checkpoints as ck
 
     for step in (2, 4):
-        (tmp_path / f".staging-{step}" / f"checkpoint-{step}").mkdir(parents=True)
-        ck.publish(tmp_path / f".staging-{step}" / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
-    (tmp_path / ".checkpoint-4.old-1a2b3c4d").mkdir()                   # killed between the swap and the cleanup
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        ck.mark_complete(tmp_path / f"checkpoint-{step}")
+    (tmp_path / ".checkpoint-4.old-1a2b3c4d").mkdir()                   # killed between a swap and its cleanup
+    (tmp_path / ".staging-6" / "checkpoint-6").mkdir(parents=True)      # a save cut short (older layouts)
     ck.rotate(tmp_path, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]
