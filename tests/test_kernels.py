@@ -100,6 +100,33 @@ def test_attend_matches_sdpa_per_row_over_its_own_keys():
         assert torch.equal(alone[0], out[i])
 
 
+def bf16_linear():
+    """The C step's fused linear layer (chatsmith_linear_bf16, which only chatsmith_llama_step_bf16 calls), bound
+    here to test it on its own. `linear(x, w, norm=None, eps=0.0, swiglu=False, residual=None)`: the layer with its
+    neighbours fused in (see chatsmith_linear_bf16 in decode_bf16.c). x (B, K) contiguous bf16, or (B, 2K) with
+    swiglu; norm: the RMSNorm weight (K,) applied to x first; residual (B, N) added to the result. Or None."""
+    lib = kernels._load()
+    if lib is None:
+        return None
+    fn = lib.chatsmith_linear_bf16
+
+    def linear(x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
+               swiglu: bool = False, residual: torch.Tensor | None = None, wv: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        b = x.shape[0]
+        n, k = w.shape
+        if x.shape[1] != (2 * k if swiglu else k) or (residual is not None and residual.shape != (b, n)):
+            raise ValueError(f"linear: x {tuple(x.shape)}, w {tuple(w.shape)}, swiglu={swiglu} do not fit")
+        y = torch.empty((b, n), dtype=torch.bfloat16)
+        prologue = 2 if swiglu else 1 if norm is not None else 0
+        ptr = kernels._ptr
+        fn(x.data_ptr(), prologue, ptr(norm), eps, w.data_ptr(), ptr(wv), ptr(residual), y.data_ptr(), b, n, k,
+           torch.get_num_threads())
+        return y
+
+    return linear
+
+
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
 def test_fused_linear_matches_the_torch_ops_it_replaces(amx):
     """RMSNorm before, SwiGLU before, residual after: each as close to the torch ops as bf16 rounding allows, with
@@ -109,7 +136,7 @@ def test_fused_linear_matches_the_torch_ops_it_replaces(amx):
     if amx and not kernels.amx():
         pytest.skip("no AMX here")
     gen = torch.Generator().manual_seed(2)
-    linear = kernels.bf16_linear()
+    linear = bf16_linear()
     b, k, n, eps = 5, 96, 48, 1e-5
     w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     wv = kernels.pack_for_amx(w) if amx else None

@@ -64,31 +64,6 @@ def bf16_gemv() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     return gemv
 
 
-def bf16_linear() -> Callable[..., torch.Tensor] | None:
-    """`linear(x, w, norm=None, eps=0.0, swiglu=False, residual=None)`: the decode-step linear layer with its
-    neighbours fused in (see chatsmith_linear_bf16 in decode_bf16.c). x (B, K) contiguous bf16, or (B, 2K) with
-    swiglu; norm: the RMSNorm weight (K,) applied to x first; residual (B, N) added to the result. Or None."""
-    lib = _load()
-    if lib is None:
-        return None
-    fn = lib.chatsmith_linear_bf16
-
-    def linear(x: torch.Tensor, w: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
-               swiglu: bool = False, residual: torch.Tensor | None = None, wv: torch.Tensor | None = None
-               ) -> torch.Tensor:
-        b = x.shape[0]
-        n, k = w.shape
-        if x.shape[1] != (2 * k if swiglu else k) or (residual is not None and residual.shape != (b, n)):
-            raise ValueError(f"linear: x {tuple(x.shape)}, w {tuple(w.shape)}, swiglu={swiglu} do not fit")
-        y = torch.empty((b, n), dtype=torch.bfloat16)
-        prologue = 2 if swiglu else 1 if norm is not None else 0
-        fn(x.data_ptr(), prologue, _ptr(norm), eps, w.data_ptr(), _ptr(wv), _ptr(residual), y.data_ptr(), b, n, k,
-           torch.get_num_threads())
-        return y
-
-    return linear
-
-
 def bf16_attend() -> Callable[..., torch.Tensor] | None:
     """`attend(q, keys, values, starts, scale)`: q (B, nh, hd) contiguous bf16; keys/values (B, nkv, L, hd) bf16
     views with a contiguous last dimension; row b attends to columns starts[b]..L-1. Returns (B, nh * hd) bf16;
