@@ -59,8 +59,9 @@ class FakeTeacher:
         self.hits[mode] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
-        if mode == "timeout":
-            await asyncio.sleep(self.timeout_sleep)
+        if mode == "timeout":   # the client has given up by now: answer without taking a number, so a late
+            await asyncio.sleep(self.timeout_sleep)   # reply cannot shift the next test's fixed request order
+            return _completion("late")
         if mode in ("401", "429", "500", "503"):
             return JSONResponse({"error": {"message": f"injected {mode}"}}, status_code=int(mode),
                                 headers={"retry-after": "0"} if mode == "429" else None)
