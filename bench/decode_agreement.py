@@ -52,22 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     from chatsmith.conversation import Conversation
     from chatsmith.engine import kernels, pick_template
     from chatsmith.engine.base import SamplingParams
-    from chatsmith.engine.transformers_engine import HFEngine
     from chatsmith.engine.lean_llama import LeanLlamaDecoder
+    from generate import no_stop_engine   # bench/generate.py: the same fixed-length engine
 
     torch.set_num_threads(args.threads)
     ref = models.resolve(args.model)
     tok = models.load_tokenizer(ref)
     tpl = pick_template(None, ref.meta, tok)
 
-    class NoStopEngine(HFEngine):
-        def stops(self, params):           # every run decodes exactly --tokens tokens
-            return [], []
-
     greedy = SamplingParams(max_new_tokens=args.tokens, temperature=0)
     fp32 = models.load_model(ref, dtype="fp32")
     bf16 = models.load_model(ref, dtype="bf16")
-    probe = NoStopEngine(fp32, tok, tpl, lean=False)
+    probe = no_stop_engine(fp32, tok, tpl, lean=False)
     ids = [probe.prompt_ids(Conversation.single(p)) for p in PROMPTS]
 
     def hf_generate(model) -> list[list[int]]:
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     def engine(model, lean: str | None):
-        eng = NoStopEngine(model, tok, tpl, lean=False)
+        eng = no_stop_engine(model, tok, tpl, lean=False)
         if lean is not None:
             eng.lean = LeanLlamaDecoder(model, kernel=lean == "native")
         return eng

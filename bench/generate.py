@@ -63,6 +63,18 @@ class Measurement:
         self.cpu = cpu if self.cpu != self.cpu else max(self.cpu, cpu)
 
 
+def no_stop_engine(*args, **kwargs):
+    """An HFEngine whose runs decode exactly max_new_tokens (no stop ids or strings): the fixed length every
+    decode benchmark compares at (also bench/decode_agreement.py's)."""
+    from chatsmith.engine.transformers_engine import HFEngine
+
+    class NoStopEngine(HFEngine):
+        def stops(self, params):
+            return [], []
+
+    return NoStopEngine(*args, **kwargs)
+
+
 def timed_stream(engine, prompts, params) -> tuple[float, float]:
     """Decode tokens/s through engine.stream: clocks start at the first delta after all prefills."""
     first = cpu0 = None
@@ -91,22 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     from chatsmith.conversation import Conversation
     from chatsmith.engine import pick_template
     from chatsmith.engine.base import SamplingParams
-    from chatsmith.engine.transformers_engine import HFEngine
 
     torch.set_num_threads(args.threads)
     ref = models.resolve(args.model)
     tok = models.load_tokenizer(ref)
     tpl = pick_template(None, ref.meta, tok)
 
-    class NoStopEngine(HFEngine):
-        def stops(self, params):           # every run decodes exactly --tokens tokens
-            return [], []
 
     engines, plain = {}, {}
     for dt in ("fp32", "bf16"):
         model = models.load_model(ref, dtype=dt)
-        engines[dt] = NoStopEngine(model, tok, tpl)
-        plain[dt] = NoStopEngine(model, tok, tpl, lean=False)
+        engines[dt] = no_stop_engine(model, tok, tpl)
+        plain[dt] = no_stop_engine(model, tok, tpl, lean=False)
     ids = [engines["fp32"].prompt_ids(Conversation.single(p)) for p in PROMPTS]
     greedy = SamplingParams(max_new_tokens=args.tokens, temperature=0)
 
