@@ -48,9 +48,13 @@ class Kind:
 
     name: callable
     values: callable
-    facts: dict[str, tuple[str, list[str], str, str]]
+    facts: dict[str, tuple[str, list[str], str, str]] | callable   # or rng -> such a dict, drawn per entity
     related: list[tuple[str, str, str]]
     opinions: list[tuple[str, str]]
+
+    def all_facts(self) -> dict[str, tuple[str, list[str], str, str]]:
+        """Every fact template this kind can state (a register's whole table)."""
+        return self.facts(None) if callable(self.facts) else self.facts
 
 
 @dataclass
@@ -93,8 +97,9 @@ def make_entity(world: World, rng: random.Random, taken: set[str]) -> Entity:
     v = {"n": name, "N": name[0].upper() + name[1:], **kind.values(world, rng)}
     if "color" in v:
         v["a_color"] = ("an " if v["color"][0] in "aeiou" else "a ") + v["color"]
+    templates = kind.facts(rng) if callable(kind.facts) else kind.facts
     facts = {k: Fact(s.format(**v), [q.format(**v) for q in qs], span.format(**v), miss.format(**v))
-             for k, (s, qs, span, miss) in kind.facts.items()}
+             for k, (s, qs, span, miss) in templates.items()}
     related = [(k, q.format(**v), m.format(**v)) for k, q, m in kind.related]
     opinions = [(q.format(**v), m.format(**v)) for q, m in kind.opinions]
     return Entity(kind_name, name, facts, related, opinions)
@@ -147,6 +152,8 @@ def question(world: World, rng: random.Random, pool: list[Entity], ent: Entity, 
         key = rng.choice(target_keys)
     elif kind in ("missing", "elsewhere"):
         key = rng.choice([k for k in keys if k not in target_keys])
+    elif kind == "related" and not ent.related:   # a register names no person or place to ask about
+        kind, key = "missing", rng.choice([k for k in keys if k not in target_keys])
     elif kind == "related":
         key_named, q_rel, missing = rng.choice(ent.related)
         if key_named not in target_keys:
@@ -295,6 +302,59 @@ def _orchard_values(w: World, rng: random.Random) -> dict:
     return {"year": rng.randint(1800, 2010), "person": w.person(rng), "town": w.town(rng),
             "fruit": rng.choice(_FRUITS), "trees": rng.randint(40, 9000), "tons": rng.randint(2, 700),
             "color": rng.choice(_COLORS)}
+
+
+# Registers: entities whose facts are drawn per entity from many relations of four shapes, several of one shape
+# in the same document ("The treasurer of X is A. The gardener of X is B."). Over so many relations the model
+# cannot memorise which question goes with which sentence; it has to match the asked relation against the
+# sentences, and to abstain when none states it: the skill the held-out world tests with its own relations.
+_ROLES = ["treasurer", "gardener", "cook", "secretary", "groundskeeper", "bookkeeper", "tutor", "chairperson",
+          "auditor", "beekeeper", "blacksmith", "drummer", "nurse", "bailiff", "shepherd", "translator"]
+_HOLDINGS = ["boats", "horses", "pianos", "beehives", "wells", "ovens", "wagons", "barns", "goats",
+             "printing presses", "chimneys", "windmills", "fountains", "greenhouses", "bells", "kilns"]
+_EVENTS = ["renamed", "rebuilt", "sold", "closed", "reopened", "flooded", "restored", "enlarged", "damaged by fire",
+           "moved", "repainted", "insured"]
+_PARTS = ["front door", "roof", "flag", "gate", "logo", "uniform", "carriage", "banner", "fence", "emblem"]
+_SHAPES = {  # shape -> (words, sentence, questions, span, missing); {w} is the word, {x} the value's slot
+    "role": (_ROLES, "The {w} of {{n}} is {{{x}}}.", ["Who is the {w} of {{n}}?", "Name the {w} of {{n}}."],
+             "{{{x}}}", "who the {w} of {{n}} is"),
+    "count": (_HOLDINGS, "{{N}} owns {{{x}}} {w}.", ["How many {w} does {{n}} own?"], "{{{x}}}",
+              "how many {w} {{n}} owns"),
+    "event": (_EVENTS, "{{N}} was {w} in {{{x}}}.", ["When was {{n}} {w}?", "In what year was {{n}} {w}?"], "{{{x}}}",
+              "when {{n}} was {w}"),
+    "color": (_PARTS, "The {w} of {{n}} is {{{x}}}.", ["What color is the {w} of {{n}}?"], "{{{x}}}",
+              "what color the {w} of {{n}} is"),
+}
+_SLOT = {"role": "p", "count": "c", "event": "y", "color": "k"}
+
+
+def _register_facts(rng: random.Random | None) -> dict:
+    """Seven relations for one register entity, at most three of one shape, each with its own value slot
+    (rng None: every relation of the table, for checks)."""
+    if rng is None:
+        return {f"{shape}:{w}": (sentence.format(w=w, x="x"), [q.format(w=w) for q in qs], span.format(x="x"),
+                                 missing.format(w=w))
+                for shape, (words, sentence, qs, span, missing) in _SHAPES.items() for w in words}
+    facts, used = {}, {shape: 0 for shape in _SHAPES}
+    while len(facts) < 7:
+        shape = rng.choice(sorted(_SHAPES))
+        words, sentence, qs, span, missing = _SHAPES[shape]
+        word = rng.choice(words)
+        if used[shape] == 3 or f"{shape}:{word}" in facts:
+            continue
+        x = f"{_SLOT[shape]}{used[shape]}"
+        used[shape] += 1
+        facts[f"{shape}:{word}"] = (sentence.format(w=word, x=x), [q.format(w=word) for q in qs],
+                                    span.format(x=x), missing.format(w=word))
+    return facts
+
+
+def _register_values(w: World, rng: random.Random) -> dict:
+    v = {}
+    for i in range(3):
+        v |= {f"p{i}": w.person(rng), f"c{i}": rng.randint(2, 400), f"y{i}": rng.randint(1790, 2020),
+              f"k{i}": rng.choice(_COLORS)}
+    return v
 
 
 TRAIN_KINDS = {
@@ -509,6 +569,16 @@ TRAIN_KINDS = {
         opinions=[("Was {n} an exciting game?", "whether {n} was an exciting game"),
                   ("Who was the best player in {n}?", "who the best player in {n} was"),
                   ("Which team deserved to win {n}?", "which team deserved to win {n}")]),
+    "society": Kind(
+        name=lambda rng, b: f"the {b} {rng.choice(['Society', 'Guild', 'Club'])}",
+        values=_register_values, facts=_register_facts, related=[],
+        opinions=[("Is {n} worth joining?", "whether {n} is worth joining"),
+                  ("Is {n} well run?", "whether {n} is well run")]),
+    "estate": Kind(
+        name=lambda rng, b: f"the {b} {rng.choice(['Estate', 'Manor', 'Farm'])}",
+        values=_register_values, facts=_register_facts, related=[],
+        opinions=[("Is {n} a nice place to visit?", "whether {n} is a nice place to visit"),
+                  ("Should {n} be sold?", "whether {n} should be sold")]),
 }
 
 
@@ -523,7 +593,8 @@ def train_world() -> World:
         town_suffixes=["ville", "burg", " Falls", "port", "ford"],
         kinds=TRAIN_KINDS,
         asks=["{q}", "{q}", "{q} Source?", "{q} Cite your source.", "{q} Please provide a reference.",
-              "{q}\nDon't make up answers if you don't know.", "{q} What is your source?"],
+              "{q}\nDon't make up answers if you don't know.", "{q} What is your source?",
+              "According to the documents: {q}", "{q} Answer from the documents only.", "{q} Include the source."],
         years=(2012, 2024), tlds=["com", "net", "org", "news", "info"],
         sections=["news", "science", "business", "culture", "blog", "articles", "reports", "local"],
         url="https://{site}.{tld}/{section}/{num}",
@@ -683,15 +754,15 @@ def heldout_world() -> World:
 
 
 def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None,
-               paired: float = 0.4) -> list[dict]:
+               paired: float = 0.3, unanswerable: float = 0.3) -> list[dict]:
     """`n` airoboros training rows: a share `paired` of them in minimal pairs (an answerable question, and the
-    same question over the same documents without the sentence that answers it), the rest single questions,
-    45% of them unanswerable (of every kind). The pairs make the presence of the answer the only thing that
-    tells the two rows apart; the singles keep every kind of unanswerable question."""
+    same question over the same documents without the sentence that answers it), the rest single questions, a
+    share `unanswerable` of them unanswerable (of every kind). The pairs make the presence of the answer the only
+    thing that tells the two rows apart; the singles keep every kind of unanswerable question."""
     world = world or train_world()
     n_pairs = round(n * paired / 2)
-    kinds = mixed_kinds(rng, n - 2 * n_pairs, 0.45, {"missing": 3, "related": 2, "opinion": 2, "absent": 2,
-                                                    "elsewhere": 2})
+    kinds = mixed_kinds(rng, n - 2 * n_pairs, unanswerable, {"missing": 3, "related": 2, "opinion": 2, "absent": 2,
+                                                            "elsewhere": 2})
     qs = questions(world, rng, taken, kinds + ["answerable"] * n_pairs, pool_size=max(10, n // 2))
     singles, firsts = qs[: len(kinds)], qs[len(kinds):]
     rows = singles + [q for first in firsts for q in (first, without_answer(first))]

@@ -7,7 +7,7 @@ Deterministic (fixed seeds): running it again writes the same bytes. Files, each
   contextual.jsonl          airoboros {instruction, response, category}: closed-context questions over 1-3
                             made-up documents (BEGININPUT ... ENDINSTRUCTION), written by closed_context.py; the
                             answer is the sentence of the document that holds it, then "Source:" and that
-                            document's metadata lines; 45% ask what no document holds (a missing fact, a person
+                            document's metadata lines; a third ask what no document holds (a missing fact, a person
                             or place named but not described, an opinion, an entity no document describes, a fact
                             another document gives about another entity) and the answer says so, citing nothing
   instructions_en.jsonl     airoboros: trivia, multiple choice ("C, Pluto"), jokes, riddles, anagrams, word
@@ -41,6 +41,10 @@ TRAIN_FILES = ("contextual.jsonl", "instructions_en.jsonl", "instructions_zh.jso
 HELDOUT_FILE = "heldout_contextual.jsonl"
 HELDOUT_CODE_FILE = "heldout_code.jsonl"
 N_CONTEXTUAL = 400                    # training rows (plus the model card's blueberry example)
+# the share of them in minimal pairs, and the unanswerable share of the rest (closed_context.train_rows), chosen
+# by runs listed in issue 13's note: 45% unanswerable singles (with 40% pairs) made the tuned model abstain on
+# answerable new questions it could answer; fewer moved it toward answering, at some cost in abstaining
+CONTEXTUAL_PAIRED, CONTEXTUAL_UNANSWERABLE = 0.3, 0.3
 N_HELDOUT, N_HELDOUT_UNANSWERABLE = 48, 20
 
 BLUEBERRIES = {
@@ -295,7 +299,8 @@ def closed_context_sets() -> tuple[list[dict], list[dict], closed_context.World,
     """(training rows, held-out items, training world, held-out world): the worlds know every name they made."""
     taken: set[str] = set()      # keeps entity names unique across both worlds (their syllables already differ)
     train_world, heldout_world = closed_context.train_world(), closed_context.heldout_world()
-    ctx = closed_context.train_rows(random.Random(1), N_CONTEXTUAL, taken, train_world) + [BLUEBERRIES]
+    ctx = closed_context.train_rows(random.Random(1), N_CONTEXTUAL, taken, train_world, paired=CONTEXTUAL_PAIRED,
+                                     unanswerable=CONTEXTUAL_UNANSWERABLE) + [BLUEBERRIES]
     heldout = closed_context.heldout_items(random.Random(2), N_HELDOUT, N_HELDOUT_UNANSWERABLE, taken, heldout_world)
     return ctx, heldout, train_world, heldout_world
 
