@@ -116,7 +116,10 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict):
 
 
 async def load(url: str, bodies: list[dict], tokenizer) -> dict:
-    async with httpx.AsyncClient(timeout=1800, limits=httpx.Limits(max_connections=len(bodies) + 4)) as client:
+    async with httpx.AsyncClient(
+            # a fresh connection per stream, for every server alike: reusing a kept-alive connection after a
+            # llama-server stream failed its 1-client run with "Server disconnected" (124 tok/s with this)
+            timeout=1800, limits=httpx.Limits(max_connections=len(bodies) + 4, max_keepalive_connections=0)) as client:
         # warm-up: the same concurrency, a few tokens each (loads, compiles, fills caches on every server alike)
         await asyncio.gather(*[one_stream(client, url, {**b, "max_tokens": 8}) for b in bodies])
         t0 = time.perf_counter()
