@@ -98,7 +98,7 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
 
         cfg = {
             "model": model, "template": TEMPLATE, "data": str(out / "data"), "output_dir": str(out / "lora"),
-            "method": "lora", "lora": {"r": 64, "alpha": 128, "dropout": 0.0},   # the recipe says why r=64
+            "method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0},   # the recipe says why r=16
             "max_length": s.max_length, "packing": True, "max_steps": s.max_steps,
             "batch_size": s.batch_size, "gradient_accumulation": 1, "learning_rate": 1e-3, "lr_scheduler": "cosine",
             "warmup_steps": 5, "precision": "auto", "logging_steps": 5, "save_steps": 1000, "seed": 0,
