@@ -234,7 +234,7 @@ def test_heldout_contextual_is_disjoint_from_training():
     assert not {n.lower() for n in train_world.names} & heldout_words
     # other kinds of entity, facts and question templates
     assert not set(HELDOUT_KINDS) & set(TRAIN_KINDS)
-    templates = {k: {q for kind in kinds.values() for _, qs, _, _ in kind.all_facts().values() for q in qs}
+    templates = {k: {q for kind in kinds.values() for _, qs, _, _ in kind.fact_templates().values() for q in qs}
                  | {q for kind in kinds.values() for _, q, _ in kind.related}
                  | {q for kind in kinds.values() for q, _ in kind.opinions}
                  for k, kinds in (("train", TRAIN_KINDS), ("heldout", HELDOUT_KINDS))}

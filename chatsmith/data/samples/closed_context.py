@@ -52,9 +52,10 @@ class Kind:
     related: list[tuple[str, str, str]]
     opinions: list[tuple[str, str]]
 
-    def all_facts(self) -> dict[str, tuple[str, list[str], str, str]]:
-        """Every fact template this kind can state (a register's whole table)."""
-        return self.facts(None) if callable(self.facts) else self.facts
+    def fact_templates(self, rng: random.Random | None = None) -> dict[str, tuple[str, list[str], str, str]]:
+        """The fact templates of one entity drawn with `rng`, or (rng None) every one this kind can state: the
+        same for a fixed kind, a register's draw or its whole table."""
+        return self.facts(rng) if callable(self.facts) else self.facts
 
 
 @dataclass
@@ -97,9 +98,8 @@ def make_entity(world: World, rng: random.Random, taken: set[str]) -> Entity:
     v = {"n": name, "N": name[0].upper() + name[1:], **kind.values(world, rng)}
     if "color" in v:
         v["a_color"] = ("an " if v["color"][0] in "aeiou" else "a ") + v["color"]
-    templates = kind.facts(rng) if callable(kind.facts) else kind.facts
     facts = {k: Fact(s.format(**v), [q.format(**v) for q in qs], span.format(**v), miss.format(**v))
-             for k, (s, qs, span, miss) in templates.items()}
+             for k, (s, qs, span, miss) in kind.fact_templates(rng).items()}
     related = [(k, q.format(**v), m.format(**v)) for k, q, m in kind.related]
     opinions = [(q.format(**v), m.format(**v)) for q, m in kind.opinions]
     return Entity(kind_name, name, facts, related, opinions)
@@ -328,24 +328,25 @@ _SHAPES = {  # shape -> (words, sentence, questions, span, missing); {w} is the 
 _SLOT = {"role": "p", "count": "c", "event": "y", "color": "k"}
 
 
+def _relation(shape: str, word: str, x: str) -> tuple[str, list[str], str, str]:
+    """The fact template of one relation of the table, its value in slot `x`."""
+    _, sentence, qs, span, missing = _SHAPES[shape]
+    return sentence.format(w=word, x=x), [q.format(w=word) for q in qs], span.format(x=x), missing.format(w=word)
+
+
 def _register_facts(rng: random.Random | None) -> dict:
     """Seven relations for one register entity, at most three of one shape, each with its own value slot
     (rng None: every relation of the table, for checks)."""
     if rng is None:
-        return {f"{shape}:{w}": (sentence.format(w=w, x="x"), [q.format(w=w) for q in qs], span.format(x="x"),
-                                 missing.format(w=w))
-                for shape, (words, sentence, qs, span, missing) in _SHAPES.items() for w in words}
+        return {f"{shape}:{w}": _relation(shape, w, "x") for shape, (words, *_) in _SHAPES.items() for w in words}
     facts, used = {}, {shape: 0 for shape in _SHAPES}
     while len(facts) < 7:
         shape = rng.choice(sorted(_SHAPES))
-        words, sentence, qs, span, missing = _SHAPES[shape]
-        word = rng.choice(words)
+        word = rng.choice(_SHAPES[shape][0])
         if used[shape] == 3 or f"{shape}:{word}" in facts:
             continue
-        x = f"{_SLOT[shape]}{used[shape]}"
+        facts[f"{shape}:{word}"] = _relation(shape, word, f"{_SLOT[shape]}{used[shape]}")
         used[shape] += 1
-        facts[f"{shape}:{word}"] = (sentence.format(w=word, x=x), [q.format(w=word) for q in qs],
-                                    span.format(x=x), missing.format(w=word))
     return facts
 
 
@@ -753,8 +754,8 @@ def heldout_world() -> World:
         titles=["Visiting {n}", "Guide to {n}", "Facts about {n}", "Inside {n}"], extra_meta=(0.3, 0.5))
 
 
-def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None,
-               paired: float = 0.3, unanswerable: float = 0.3) -> list[dict]:
+def train_rows(rng: random.Random, n: int, taken: set[str], world: World | None = None, *,
+               paired: float, unanswerable: float) -> list[dict]:
     """`n` airoboros training rows: a share `paired` of them in minimal pairs (an answerable question, and the
     same question over the same documents without the sentence that answers it), the rest single questions, a
     share `unanswerable` of them unanswerable (of every kind). The pairs make the presence of the answer the only
