@@ -15,6 +15,14 @@ from chatsmith.errors import ChatsmithError
 MAX_CHARS = 4000   # enough text to tell a language apart; caps the cost of very long conversations
 
 
+def language_of(text: str) -> str:
+    """The ISO 639-1 code py3langid gives the text (its first MAX_CHARS characters): the one identification that
+    `data prepare --language` and the eval's `general` proxy share."""
+    import py3langid
+
+    return py3langid.classify(text[:MAX_CHARS])[0]
+
+
 class LanguageFilter:
     def __init__(self, codes: str | list[str]):
         import py3langid
@@ -26,11 +34,9 @@ class LanguageFilter:
             raise ChatsmithError(f"--language: unknown language code(s) {', '.join(bad) or '(none)'}; use ISO 639-1 "
                                  "codes such as en, zh, fr (comma-separated for several)")
         self.codes = wanted
-        self._classify = py3langid.classify
 
     def language(self, conv: Conversation) -> str:
-        text = "\n".join(m.content for m in conv.messages)
-        return self._classify(text[:MAX_CHARS])[0]
+        return language_of("\n".join(m.content for m in conv.messages))
 
     def check(self, conv: Conversation) -> None:
         lang = self.language(conv)

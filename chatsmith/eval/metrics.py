@@ -59,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from chatsmith.data.language import language_of
 from chatsmith.eval.answer import load_answers
 from chatsmith.eval.suite import SuiteItem
 from chatsmith.outputs import atomic_write_text
@@ -449,11 +450,9 @@ def loops(answer: str) -> bool:
 
 def score_general(item: SuiteItem, answer: str) -> dict[str, Any]:
     """The automatic proxy for open requests (see the module docstring): which check failed is in "reason"."""
-    import py3langid
-
     text = answer.strip()
     want = item.language
-    got = py3langid.classify(text)[0] if text else None
+    got = language_of(text) if text else None
     reasons = [r for r, bad in (("empty reply", not text),
                                 ("refuses or says the context lacks the answer", text and says_not_in_context(text)),
                                 (f"reply in {got!r}, item in {want!r}", text and want in ("en", "zh") and got != want),
