@@ -28,8 +28,8 @@ class Settings:
     """What differs between the full demo and --fast (the tests' few-minute version). Training is bounded by
     steps, not epochs: on 2 CPU cores LoRA on SmolLM2 makes roughly 100-400 trained tokens/s."""
 
-    max_steps: int = 120   # recipes/smollm2-lora-demo.yaml says why
-    batch_size: int = 4
+    max_steps: int = 240   # recipes/smollm2-lora-demo.yaml says why
+    batch_size: int = 2
     max_length: int = 512
     eval_limit: int | None = None        # items per suite category
     judge_limit: int = 6
