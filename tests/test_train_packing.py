@@ -15,6 +15,7 @@ from chatsmith.train.packing import (
     disable_kv_cache,
     pack,
     supports_packing,
+    use_packed_attention,
 )
 
 CONVS = [
@@ -39,8 +40,9 @@ def _per_token_loss(model, batch):
     return loss.view(shift_labels.shape), shift_labels != IGNORE_INDEX
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
-def test_packed_loss_equals_unpacked(arch, tiny_root):
+@pytest.mark.parametrize("arch,attention", [("llama", "sdpa"), ("gpt_neox", "sdpa"), ("llama", "packed"),
+                                            ("gpt_neox", "packed")])
+def test_packed_loss_equals_unpacked(arch, attention, tiny_root):
     import tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -49,6 +51,9 @@ def test_packed_loss_equals_unpacked(arch, tiny_root):
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
     disable_kv_cache(model)   # as training does: with a cache transformers ignores the packed positions
     assert supports_packing(model)
+    if attention == "packed":  # training's attention: one sdpa call per packed sample
+        use_packed_attention(model)
+        assert model.config._attn_implementation == "chatsmith_packed_sdpa"
     examples = _examples(tok)
     rows = pack(examples, max_length=240, seed=0)
     assert len(rows) < len(examples), "nothing was packed"

@@ -249,6 +249,7 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
         pack,
         supports_packing,
         unpacked_features,
+        use_packed_attention,
     )
     from chatsmith.train.trainer import (
         LOG_DIR,
@@ -282,6 +283,7 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
         train_rows = pack(st.train.examples, cfg.max_length, cfg.seed)
         val_rows = pack(st.val.examples, cfg.max_length, cfg.seed) if st.val else None
         collator: Any = PackedCollator(pad_id)
+        use_packed_attention(model)
         say(f"chatsmith: packed {len(st.train.examples)} rows into {len(train_rows)} rows of <= {cfg.max_length} "
             f"tokens ({100 * st.train.n_tokens / (len(train_rows) * cfg.max_length):.0f}% full)")
     else:
