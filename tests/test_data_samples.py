@@ -107,31 +107,29 @@ def test_unanswerable_rows_cover_every_kind():
 
 def test_register_rows_ask_one_of_several_sentences_of_the_same_shape():
     # registers: documents with two or more sentences of one shape ("The cook of X is A. The roof of X is teal.",
-    # "X owns 3 boats. X owns 9 goats."), so a question is answered by matching its relation, and abstained from
-    # when only other ones are stated
+    # "X was sold in 1901. X was flooded in 1932."), so a question is answered by matching its relation, and
+    # abstained from when only other ones are stated. (The bundled rows never state two counts of one register
+    # where a count is asked, so the count shape would check nothing here.)
     rows = _rows("contextual.jsonl")
-    name = r"[Tt]he [A-Z][a-z]+ (?:Society|Guild|Club|Estate|Manor|Farm)"
-    stated_res = [re.compile(rf"The ([a-z]+(?: [a-z]+)?) of ({name}) is "),
-                  re.compile(rf"({name}) owns \d+ ([a-z]+(?: [a-z]+)?)\."),
-                  re.compile(rf"({name}) was ([a-z]+(?: [a-z]+)*) in \d+\.")]
-    asked_res = [(re.compile(rf"(?:Who is|Name|What color is) the ([a-z]+(?: [a-z]+)?) of ({name})"), 0,
-                  "The {w} of {n} is "),
-                 (re.compile(rf"How many ([a-z]+(?: [a-z]+)?) does ({name}) own"), 1, "{N} owns "),
-                 (re.compile(rf"(?:When|In what year) was ({name}) ([a-z]+(?: [a-z]+)*)\?"), 2, "{N} was {w} in ")]
+    name = r"(?P<n>[Tt]he [A-Z][a-z]+ (?:Society|Guild|Club|Estate|Manor|Farm))"
+    word, words = r"(?P<w>[a-z]+(?: [a-z]+)?)", r"(?P<w>[a-z]+(?: [a-z]+)*)"
+    shapes = [  # (sentence stating a relation, question asking for one, the answer's opening): role/color, event
+        (rf"The {word} of {name} is ", rf"(?:Who is|Name|What color is) the {word} of {name}", "The {w} of {n} is "),
+        (rf"{name} was {words} in \d+\.", rf"(?:When|In what year) was {name} {words}\?", "{N} was {w} in "),
+    ]
     answered = abstained = 0
     for r in rows:
-        for asked_re, shape, opening in asked_res:
-            asked = asked_re.match(_question(r["instruction"]))
+        for stated_re, asked_re, opening in shapes:
+            asked = re.match(asked_re, _question(r["instruction"]))
             if not asked:
                 continue
-            word, ent = asked.groups() if shape == 0 else asked.groups()[::-1]
-            pair = (lambda m: m.groups()) if shape == 0 else (lambda m: m.groups()[::-1])
-            stated = {w for _, text in _docs(r["instruction"]) for w, e in map(pair, stated_res[shape].finditer(text))
-                      if e.lower() == ent.lower()}
-            if word in stated and len(stated) >= 2:
+            w, n = asked["w"], asked["n"]
+            stated = {m["w"] for _, text in _docs(r["instruction"]) for m in re.finditer(stated_re, text)
+                      if m["n"].lower() == n.lower()}
+            if w in stated and len(stated) >= 2:
                 answered += 1
-                assert r["response"].startswith(opening.format(w=word, n=ent, N=ent[0].upper() + ent[1:])), r["id"]
-            elif stated and word not in stated:
+                assert r["response"].startswith(opening.format(w=w, n=n, N=n[0].upper() + n[1:])), r["id"]
+            elif stated and w not in stated:
                 abstained += 1
                 assert r["response"].startswith("The provided context does not say "), r["id"]
     assert answered >= 5 and abstained >= 5, (answered, abstained)
