@@ -20,17 +20,19 @@ from pathlib import Path
 
 from chatsmith.errors import ChatsmithError
 
-TEMPLATE = "airoboros"
+# The demo's training recipe, read by quickstart and shipped for `chatsmith train` (recipes/ links to it): one copy
+# of r, learning rate, steps and batch, so the demo and the recipe cannot drift apart.
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "smollm2-lora-demo.yaml"
 
 
 @dataclass
 class Settings:
-    """What differs between the full demo and --fast (the tests' few-minute version). Training is bounded by
-    steps, not epochs: on 2 CPU cores LoRA on SmolLM2 makes roughly 100-400 trained tokens/s."""
+    """What --fast (the tests' few-minute version) changes; None keeps the recipe's value. Training is bounded by
+    steps, not epochs: on 2 CPU cores LoRA on SmolLM2 makes roughly 100-600 trained tokens/s."""
 
-    max_steps: int = 240   # recipes/smollm2-lora-demo.yaml says why
-    batch_size: int = 2
-    max_length: int = 512
+    max_steps: int | None = None
+    batch_size: int | None = None
+    max_length: int | None = None
     eval_limit: int | None = None        # items per suite category
     judge_limit: int = 6
     max_new_tokens: int = 96
@@ -45,6 +47,14 @@ class Settings:
 FULL = Settings()
 FAST = Settings(max_steps=6, batch_size=2, max_length=384, eval_limit=4, judge_limit=2, max_new_tokens=48,
                 gguf_type="f16", suites=["heldout_contextual"])
+
+
+def demo_config(recipe: dict, s: Settings, model: str, out: Path) -> dict:
+    """The recipe's training settings with this run's model and folders, and --fast's overrides. Training reads
+    the folder `prepare` made from the recipe's data (its val.jsonl is the validation split: val_set_size 0)."""
+    overrides = {k: getattr(s, k) for k in ("max_steps", "batch_size", "max_length") if getattr(s, k) is not None}
+    return {**recipe, **overrides, "model": model, "data": str(out / "data"), "output_dir": str(out / "lora"),
+            "val_set_size": 0}
 
 
 class Stages:
@@ -68,7 +78,9 @@ class Stages:
 
 def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, model: str = "smollm2",
                force: bool = False, gguf_type: str | None = None) -> dict:
-    from chatsmith.data import format_table, heldout_code, heldout_contextual, prepare, sample_files
+    from chatsmith.data import format_table, heldout_code, heldout_contextual, prepare
+    from chatsmith.train.data import data_files
+    from chatsmith.yamlfile import read_mapping
 
     s = FAST if fast else FULL
     gguf_type = gguf_type or s.gguf_type
@@ -82,8 +94,11 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
     result: dict = {"output": str(out)}
 
     with st.stage("1. prepare the bundled data"):
-        report = prepare([str(p) for p in sample_files()], out / "data", template=TEMPLATE, model=model,
-                         max_length=s.max_length, val_size=0.05, over_length="drop", seed=0, dedupe="exact")
+        recipe = read_mapping(DEMO_RECIPE, what="recipe")
+        cfg = demo_config(recipe, s, model, out)
+        report = prepare([str(p) for p in data_files(recipe["data"])], out / "data", template=cfg["template"],
+                         model=model, max_length=cfg["max_length"], val_size=recipe["val_set_size"],
+                         over_length="drop", seed=0, dedupe="exact")
         print(format_table(report))
         # contamination check: how much of the held-out suite is in the training rows just prepared
         from chatsmith.data.overlap import overlap, overlap_summary
@@ -96,13 +111,6 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
     with st.stage("2. LoRA fine-tune"):
         from chatsmith.train import train
 
-        cfg = {
-            "model": model, "template": TEMPLATE, "data": str(out / "data"), "output_dir": str(out / "lora"),
-            "method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0},   # the recipe says why r=16
-            "max_length": s.max_length, "packing": True, "max_steps": s.max_steps,
-            "batch_size": s.batch_size, "gradient_accumulation": 1, "learning_rate": 1e-3, "lr_scheduler": "cosine",
-            "warmup_steps": 5, "precision": "auto", "logging_steps": 5, "save_steps": 1000, "seed": 0,
-        }
         lora_dir = train(cfg)
         print(f"adapter, loss curve and metrics in {lora_dir}")
 

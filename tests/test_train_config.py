@@ -80,6 +80,24 @@ def test_recipes_validate():
     assert demo.model == "smollm2" and demo.method == "lora"
 
 
+def test_quickstart_trains_the_demo_recipe(tmp_path):
+    """make demo trains what recipes/smollm2-lora-demo.yaml says (one file: quickstart reads it), --fast changes
+    only steps, batch and length, and the demo reads its prepared folder instead of splitting again."""
+    from chatsmith import quickstart as qs
+    from chatsmith.yamlfile import read_mapping
+
+    assert (RECIPES / "smollm2-lora-demo.yaml").resolve() == qs.DEMO_RECIPE.resolve()
+    recipe = read_mapping(qs.DEMO_RECIPE)
+    recipe_cfg = load_config(qs.DEMO_RECIPE).model_dump()
+    moved = {"data", "output_dir", "val_set_size"}
+    full = load_config(overrides=qs.demo_config(recipe, qs.FULL, "smollm2", tmp_path)).model_dump()
+    assert {k: v for k, v in full.items() if k not in moved} == {k: v for k, v in recipe_cfg.items() if k not in moved}
+    assert (full["data"], full["val_set_size"]) == (str(tmp_path / "data"), 0)
+    fast = load_config(overrides=qs.demo_config(recipe, qs.FAST, "smollm2", tmp_path)).model_dump()
+    changed = {k for k in fast if fast[k] != full[k]}
+    assert changed == {"max_steps", "max_length"}   # FAST's batch_size equals the recipe's
+
+
 def test_demo_recipe_dry_run_checks_data_and_model(smollm2_path, capsys):
     assert main(["train", str(RECIPES / "smollm2-lora-demo.yaml"), "--dry-run"]) == 0
     err = capsys.readouterr().err

@@ -122,3 +122,31 @@ def test_bloom_falls_back_to_padding(tiny_root):
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny.build("bloom", tiny_root)))
     assert not supports_packing(model)
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+def test_packed_sdpa_output_and_gradients_equal_the_block_diagonal_mask(dtype, autocast):
+    """packed_sdpa against sdpa over the whole row with the block-diagonal causal mask, forward and backward, with
+    grouped query heads, in the dtypes training uses (bf16 goes through fp32 inside; autocast must not undo it)."""
+    from chatsmith.train.packing import packed_sdpa
+
+    torch.manual_seed(0)
+    lengths = [[5, 9, 2], [16]]                      # two packed rows of 16 positions
+    pos = torch.tensor([[p for n in row for p in range(n)] for row in lengths])
+    q, k, v = (torch.randn(2, heads, 16, 8, dtype=dtype, requires_grad=True) for heads in (6, 2, 2))
+    g = torch.randn(2, 16, 6, 8)
+    mask = (pos[:, :, None] >= pos[:, None, :]) & (torch.arange(16)[:, None] >= torch.arange(16)[None, :])
+    seq = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lengths])
+    mask &= seq[:, :, None] == seq[:, None, :]
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float().repeat_interleave(3, 1), v.float().repeat_interleave(3, 1), attn_mask=mask[:, None])
+    want = want.transpose(1, 2)
+    grads_want = torch.autograd.grad((want * g).sum(), (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got, _ = packed_sdpa(None, q, k, v, None, scaling=8 ** -0.5, position_ids=pos)
+    assert got.dtype == dtype and got.shape == (2, 16, 6, 8)
+    grads_got = torch.autograd.grad((got.float() * g).sum(), (q, k, v))
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got.float(), want, **tol)
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
