@@ -29,8 +29,10 @@ DATA = ["samples:instructions_en.jsonl", "samples:chat_openai.jsonl", "samples:m
 TEMPLATE = "chatml"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 MAX_LENGTH = 512
-BATCH = 4            # alpaca-lora's micro batch; ours: 4 packed rows of MAX_LENGTH (the demo recipe's batch)
-RUNS = ("baseline_fp32", "baseline_bf16", "ours_fp32", "ours_bf16")
+BATCH = 4            # alpaca-lora's micro batch; ours: 4 packed rows of MAX_LENGTH
+# ours also runs with 1 packed row per step: about the tensor the baseline's step holds (its 4 rows padded to the
+# longest of them), so peak memory is compared at equal tokens per step, not 4x512 packed against 4 short rows
+RUNS = ("baseline_fp32", "baseline_bf16", "ours_fp32", "ours_bf16", "ours_fp32_1row", "ours_bf16_1row")
 
 
 def peak_rss_mb() -> float:
@@ -40,8 +42,8 @@ def peak_rss_mb() -> float:
 class Window:
     """Tokens and seconds between the end of the warm-up steps and the end of the last step."""
 
-    def __init__(self, warmup: int, tokens):
-        self.warmup, self.tokens = warmup, tokens
+    def __init__(self, warmup: int, tokens, tensor_tokens):
+        self.warmup, self.tokens, self.tensor_tokens = warmup, tokens, tensor_tokens
         self.t0 = self.tok0 = self.t1 = self.tok1 = None
         self.c0 = self.c1 = None
 
@@ -59,34 +61,44 @@ class Window:
                 if state.global_step == win.warmup:
                     win.mark0()
                 win.t1, win.tok1, win.c1 = time.perf_counter(), win.tokens(), time.process_time()
+                win.tt1, win.steps = win.tensor_tokens(), state.global_step - win.warmup
 
         return Cb()
 
     def mark0(self):
         self.t0, self.tok0, self.c0 = time.perf_counter(), self.tokens(), time.process_time()
+        self.tt0 = self.tensor_tokens()
 
     def result(self) -> dict:
         secs = self.t1 - self.t0
         tokens = self.tok1 - self.tok0
         return {"tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 1),
+                "real_tokens_per_step": round(tokens / self.steps), "tensor_tokens_per_step":
+                round((self.tt1 - self.tt0) / self.steps),
                 "cpu_seconds": round(self.c1 - self.c0, 3), "peak_rss_mb": round(peak_rss_mb())}
 
 
-def run_ours(model: str, steps: int, warmup: int, out: Path, precision: str) -> dict:
+def run_ours(model: str, steps: int, warmup: int, out: Path, precision: str, rows: int) -> dict:
     from chatsmith.train import run, trainer
 
     made: list = []
+    shape = {"tokens": 0}
 
-    class Recorded(trainer.ChatsmithTrainer):   # only to read its count of real tokens
+    class Recorded(trainer.ChatsmithTrainer):   # only to read its count of real tokens and its batch shapes
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             made.append(self)
 
+        def compute_loss(self, model, inputs, *a, **k):
+            if model.training:
+                shape["tokens"] += inputs["input_ids"].numel()
+            return super().compute_loss(model, inputs, *a, **k)
+
     trainer.ChatsmithTrainer, original = Recorded, trainer.ChatsmithTrainer
-    win = Window(warmup, lambda: made[-1].real_tokens if made else 0)
+    win = Window(warmup, lambda: made[-1].real_tokens if made else 0, lambda: shape["tokens"])
     try:
         run.train({"model": model, "data": DATA, "template": TEMPLATE, "output_dir": str(out), "method": "lora",
-                   "lora": LORA, "max_length": MAX_LENGTH, "batch_size": BATCH, "learning_rate": 2e-4,
+                   "lora": LORA, "max_length": MAX_LENGTH, "batch_size": rows, "learning_rate": 2e-4,
                    "max_steps": warmup + steps, "logging_steps": 1, "save_steps": 10_000, "precision": precision,
                    "packing": True, "val_set_size": 0}, callbacks=[win.callback()])
     finally:
@@ -127,18 +139,19 @@ def run_baseline(model: str, steps: int, warmup: int, out: Path, bf16: bool) -> 
     m.config.use_cache = False
     m = get_peft_model(m, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                      target_modules=DEFAULT_TARGETS["llama"], task_type="CAUSAL_LM"))
-    seen = {"tokens": 0}
+    seen = {"tokens": 0, "tensor": 0}
 
     class Counting(Trainer):      # counts the real tokens it trains on; the loss is the Trainer's own
         def compute_loss(self, model, inputs, *a, **k):
             if model.training:
                 seen["tokens"] += int(inputs["attention_mask"].sum())
+                seen["tensor"] += inputs["input_ids"].numel()
             return super().compute_loss(model, inputs, *a, **k)
 
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH, learning_rate=2e-4,
                              max_steps=warmup + steps, logging_steps=1, save_strategy="no", report_to="none",
                              use_cpu=True, disable_tqdm=True, seed=42, remove_unused_columns=False, bf16=bf16)
-    win = Window(warmup, lambda: seen["tokens"])
+    win = Window(warmup, lambda: seen["tokens"], lambda: seen["tensor"])
     t = Counting(model=m, args=args, train_dataset=feats, callbacks=[win.callback()],
                  data_collator=DataCollatorForSeq2Seq(tok, pad_to_multiple_of=8, return_tensors="pt", padding=True))
     t.train()
@@ -246,8 +259,10 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
         out = Path(a._out)
-        fn = {"ours_bf16": lambda: run_ours(a.model, a.steps, a.warmup, out, "bf16"),
-              "ours_fp32": lambda: run_ours(a.model, a.steps, a.warmup, out, "fp32"),
+        fn = {"ours_bf16": lambda: run_ours(a.model, a.steps, a.warmup, out, "bf16", BATCH),
+              "ours_fp32": lambda: run_ours(a.model, a.steps, a.warmup, out, "fp32", BATCH),
+              "ours_bf16_1row": lambda: run_ours(a.model, a.steps, a.warmup, out, "bf16", 1),
+              "ours_fp32_1row": lambda: run_ours(a.model, a.steps, a.warmup, out, "fp32", 1),
               "baseline_fp32": lambda: run_baseline(a.model, a.steps, a.warmup, out, False),
               "baseline_bf16": lambda: run_baseline(a.model, a.steps, a.warmup, out, True),
               "loss": lambda: fixed_batch_loss(a.model),
@@ -274,14 +289,18 @@ def main() -> None:
 def report(r: dict) -> None:
     runs = [k for k in RUNS if k in r]
     if runs:
-        print("\nnon-padding tokens/s, per CPU second (the fairer figure on a loaded machine), peak RSS:")
+        print("\nnon-padding tokens/s, per CPU second (the fairer figure on a loaded machine), peak RSS, and tokens "
+              "per step (real / in the batch tensor):")
         for k in runs:
             print(f"  {k:14s} {r[k]['tokens_per_s']:7.1f} tok/s, {r[k]['tokens'] / r[k]['cpu_seconds']:7.1f} tokens "
-                  f"per CPU second  ({r[k]['peak_rss_mb']} MB)")
+                  f"per CPU second  ({r[k]['peak_rss_mb']} MB; {r[k]['real_tokens_per_step']} / "
+                  f"{r[k]['tensor_tokens_per_step']} tokens per step)")
     pairs = [("ours_bf16", "baseline_bf16", "equal precision bf16 (target >= 3x)"),
              ("ours_fp32", "baseline_fp32", "equal precision fp32"),
              ("ours_bf16", "baseline_fp32", "ours bf16 vs baseline fp32 (unequal precision)"),
              ("ours_fp32", "baseline_bf16", "ours fp32 vs baseline bf16 (unequal precision)"),
+             ("ours_bf16_1row", "baseline_bf16", "bf16, about equal tokens per step (memory: no more)"),
+             ("ours_fp32_1row", "baseline_fp32", "fp32, about equal tokens per step (memory: no more)"),
              ("ours_bf16", "ours_fp32", "ours: bf16 vs fp32"),
              ("baseline_bf16", "baseline_fp32", "baseline: bf16 vs fp32")]
     ratios = {}
@@ -302,7 +321,7 @@ def report(r: dict) -> None:
         for k in runs:
             where = "trained" if k.startswith("ours") else "all_positions"
             flops = lim[f"flops_per_token_{where}_head"]
-            ceiling = rate["bfloat16" if k.endswith("bf16") else "float32"] * 1e9 / flops
+            ceiling = rate["bfloat16" if "bf16" in k else "float32"] * 1e9 / flops
             print(f"  {k:14s} ceiling {ceiling:6.0f} tok/s; reached {100 * r[k]['tokens_per_s'] / ceiling:.0f}%")
     if "loss" in r:
         print("per-token loss on a fixed batch (untrained model): " +

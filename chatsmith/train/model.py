@@ -144,6 +144,9 @@ def attach_lora(model: Any, cfg: TrainConfig, previous_adapter: Path | None = No
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
+    from chatsmith.train.dropout import use_lora_dropout
+
+    use_lora_dropout(model)        # the same dropout, its CPU mask drawn 3x cheaper (train/dropout.py says why)
     return model
 
 

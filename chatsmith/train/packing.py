@@ -138,11 +138,11 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     width = query.shape[2]
-    # On a CPU, torch's flash-attention backward is 1.3-2.4x slower in bf16 than in fp32 at these sizes (64-220
-    # token samples, 9 heads of 64: tests nothing, measured for issue 18), and the attention's FLOPs are few: the
+    # On a CPU, torch's attention backward is 1.3-2.4x slower in bf16 than in fp32 at these sizes (samples of
+    # 64-220 tokens, 9 heads of 64; measured for issue 18), and attention is a small share of the FLOPs: the
     # inputs go up to fp32 once, outside autocast (which would cast them back), and the output comes back down.
-    # Splitting instead of slicing per sample keeps the backward to one concatenation instead of a zero-filled
-    # full-size gradient per slice.
+    # Splitting rather than slicing per sample makes the backward one concatenation, not a zero-filled full-size
+    # gradient per slice.
     up = torch.float32 if query.device.type == "cpu" and query.dtype == torch.bfloat16 else query.dtype
     rows = []
     with torch.autocast(query.device.type, enabled=False):
