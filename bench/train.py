@@ -3,8 +3,9 @@ against an alpaca-lora-style baseline (HF Trainer + peft LoRA, DataCollatorForSe
 the same model, the same rows (the bundled samples rendered by the same template, max_length 512), the same LoRA
 (r 16, alpha 32, dropout 0.05, every projection), the same torch thread count, in the same run. Each side runs
 at each precision: fp32, and bf16 autocast (the baseline's best documented CPU setting: `bf16=True` in its
-TrainingArguments; ours: `precision: bf16`). Each side runs in its own process (so each peak RSS is its own),
-and the first `--warmup` steps of each are not timed.
+TrainingArguments; ours: `precision: bf16`). Ours runs with 4 packed rows of 512 per step and with 1 (about the
+tokens of the baseline's padded step, to compare memory). Each run is its own process (so each peak RSS is its
+own), times about the same number of tokens, and leaves its first `--warmup` steps untimed.
 
     python bench/train.py [--steps 6] [--warmup 1] [--threads 2] [--model smollm2] [--json FILE]
 
@@ -245,7 +246,8 @@ def limits(model: str, threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per run")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps of ours at 4 rows "
+                    "(x3 at 1 row, x8 for the baseline)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first, on both sides")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, on both sides")
     ap.add_argument("--model", default="smollm2")
@@ -259,12 +261,14 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
         out = Path(a._out)
+        # each run times about the same number of tokens (a step of 1 packed row holds about 1/3 of a 4-row step,
+        # a baseline step about 1/8): a window of a few seconds would make the ratios noise
         fn = {"ours_bf16": lambda: run_ours(a.model, a.steps, a.warmup, out, "bf16", BATCH),
               "ours_fp32": lambda: run_ours(a.model, a.steps, a.warmup, out, "fp32", BATCH),
-              "ours_bf16_1row": lambda: run_ours(a.model, a.steps, a.warmup, out, "bf16", 1),
-              "ours_fp32_1row": lambda: run_ours(a.model, a.steps, a.warmup, out, "fp32", 1),
-              "baseline_fp32": lambda: run_baseline(a.model, a.steps, a.warmup, out, False),
-              "baseline_bf16": lambda: run_baseline(a.model, a.steps, a.warmup, out, True),
+              "ours_bf16_1row": lambda: run_ours(a.model, 3 * a.steps, a.warmup, out, "bf16", 1),
+              "ours_fp32_1row": lambda: run_ours(a.model, 3 * a.steps, a.warmup, out, "fp32", 1),
+              "baseline_fp32": lambda: run_baseline(a.model, 8 * a.steps, a.warmup, out, False),
+              "baseline_bf16": lambda: run_baseline(a.model, 8 * a.steps, a.warmup, out, True),
               "loss": lambda: fixed_batch_loss(a.model),
               "limits": lambda: limits(a.model, a.threads)}[a._child]
         print("RESULT " + json.dumps(fn()))

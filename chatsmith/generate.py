@@ -133,15 +133,17 @@ def answers(scheduler: Any, prompts: list[list[int]], params: SamplingParams, wi
 
 
 def generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int = 16,
-                  progress: bool = True, items: list[Item] | None = None) -> dict[str, Any]:
+                  progress: bool = True, items: list[Item] | None = None, scheduler: Any = None) -> dict[str, Any]:
+    """scheduler: one already running `engine` (the CLI's loads the engine on its worker thread); it is shut
+    down at the end, as the one made here is."""
     from chatsmith.outputs import output_lock
 
     with output_lock(out, "generate output"):    # a second run would interleave rows into the same file
-        return _generate_file(engine, inp, out, params, batch_size, progress, items)
+        return _generate_file(engine, inp, out, params, batch_size, progress, items, scheduler)
 
 
 def _generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int,
-                   progress: bool, items: list[Item] | None) -> dict[str, Any]:
+                   progress: bool, items: list[Item] | None, scheduler: Any) -> dict[str, Any]:
     items = items if items is not None else read_items(inp)
     done = answered_ids(out)
     todo = [it for it in items if it.id not in done]
@@ -171,19 +173,23 @@ def _generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, ba
             prompts.append(ids)
             ready.append(it)
         if ready:
-            _generate(engine, out, ready, prompts, params, batch_size, progress, stats, fail)
+            _generate(scheduler or engine, out, ready, prompts, params, batch_size, progress, stats, fail)
+    if scheduler is not None:
+        scheduler.shutdown(drain=False)
     if not skipped and not stats["failed"]:
         err_path.unlink(missing_ok=True)
     return stats
 
 
-def _generate(engine: Any, out: Path, ready: list[Item], prompts: list[list[int]], params: SamplingParams,
+def _generate(runner: Any, out: Path, ready: list[Item], prompts: list[list[int]], params: SamplingParams,
               batch_size: int, progress: bool, stats: dict[str, Any], fail) -> None:
+    """runner: the engine, or a Scheduler already running it."""
     from tqdm import tqdm
 
     from chatsmith.engine.scheduler import Scheduler
 
-    scheduler = Scheduler(engine, max_batch=batch_size, max_queue=max(2 * batch_size, 8))
+    scheduler = runner if isinstance(runner, Scheduler) else Scheduler(runner, max_batch=batch_size,
+                                                                      max_queue=scheduler_queue(batch_size))
     t0 = time.perf_counter()
     try:
         with open(out, "a", encoding="utf-8") as f, \
@@ -204,6 +210,10 @@ def _generate(engine: Any, out: Path, ready: list[Item], prompts: list[list[int]
     finally:
         scheduler.shutdown(drain=False)
         stats["seconds"] = time.perf_counter() - t0
+
+
+def scheduler_queue(batch_size: int) -> int:
+    return max(2 * batch_size, 8)
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
@@ -237,13 +247,17 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ChatsmithError(f"--output {args.output} is the input file")
     options = engine_options(args)      # a backend that cannot honour an option fails before any work
     items = read_items(args.input)      # a bad input fails before the model loads
-    engine = options.load()
+    from chatsmith.engine.scheduler import Scheduler
+
+    # the engine loads on the scheduler's worker thread, the one that decodes (Scheduler says why)
+    scheduler = Scheduler(load=options.load, max_batch=args.batch_size, max_queue=scheduler_queue(args.batch_size))
+    engine = scheduler.engine
     if args.system is not None:
         engine.template = engine.template.with_system(args.system)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed)
     stats = generate_file(engine, args.input, args.output, params, args.batch_size,
-                          progress=not args.no_progress, items=items)
+                          progress=not args.no_progress, items=items, scheduler=scheduler)
     rate = stats["completion_tokens"] / stats["seconds"] if stats["seconds"] else 0.0
     print(f"chatsmith: {stats['answered']} answered, {stats['already_done']} already in {args.output}, "
           f"{len(stats['failed'])} failed, {len(stats['skipped'])} skipped; {stats['completion_tokens']} tokens in "

@@ -189,3 +189,34 @@ def test_engine_failure_ends_that_batch_with_an_error_and_serving_goes_on(engine
     assert first.finish_reason == "error: RuntimeError: out of memory (simulated)"
     assert sched.submit(PROMPTS[1], P).result().token_ids == solo[1].token_ids
     sched.shutdown()
+
+
+def test_a_loaded_engine_decodes_on_the_thread_that_loaded_it(tiny_llama, solo, monkeypatch):
+    """Scheduler(load=...) loads on its worker thread and decodes there (torch's and the native kernel's OpenMP
+    teams stay on one thread: Scheduler says why); a load that fails raises in the constructor."""
+    from chatsmith.engine.transformers_engine import DecodeBatch
+
+    threads = {"load": set(), "step": set()}
+    real_step = DecodeBatch.step
+
+    def step(self):
+        threads["step"].add(threading.get_ident())
+        return real_step(self)
+
+    def load():
+        threads["load"].add(threading.get_ident())
+        return HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="fp32")
+
+    monkeypatch.setattr(DecodeBatch, "step", step)
+    with Scheduler(load=load, max_batch=2) as sched:
+        assert isinstance(sched.engine, HFEngine)
+        assert sched.submit(PROMPTS[0], P).result().text == solo[0].text
+    assert threads["load"] == threads["step"] and threading.get_ident() not in threads["load"]
+
+    def broken():
+        raise ChatsmithError("no such model: nowhere")
+
+    with pytest.raises(ChatsmithError, match="no such model: nowhere"):
+        Scheduler(load=broken)
+    with pytest.raises(ChatsmithError, match="an engine or a load callable"):
+        Scheduler()

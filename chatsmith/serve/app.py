@@ -406,8 +406,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_connections is not None and args.max_connections < 1:
         raise ChatsmithError("--max-connections must be at least 1")
     api_key = args.api_key or os.environ.get("CHATSMITH_API_KEY") or None
-    engine = engine_from_args(args)
-    scheduler = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue)
+    # the engine loads on the scheduler's worker thread, the one that decodes (Scheduler says why)
+    scheduler = Scheduler(load=lambda: engine_from_args(args), max_batch=args.max_batch, max_queue=args.max_queue)
+    engine = scheduler.engine
     model_id = args.model_name or model_id_for(args.model)
     app = create_app(engine, scheduler, model_id, api_key, cors_origins=tuple(args.cors_origin))
     server = make_server(app, scheduler, args.host, args.port, drain_timeout=args.drain_timeout,

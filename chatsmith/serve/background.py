@@ -130,8 +130,10 @@ class Served:
         options = model if isinstance(model, EngineOptions) else EngineOptions(str(model), template=template,
                                                                                  backend=backend)
         self.owns_engine = engine is None
-        self.engine = engine or options.load()
-        self.scheduler = Scheduler(self.engine, max_batch=max_batch, max_queue=max_queue)
+        # an engine of our own loads on the scheduler's worker thread, the one that decodes (Scheduler says why)
+        self.scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue,
+                                   load=options.load if engine is None else None)
+        self.engine = self.scheduler.engine
         self.model_id = model_id or model_id_for(options.model)
         self.app = create_app(self.engine, self.scheduler, self.model_id, api_key, cors_origins=cors_origins)
         self.thread = ServerThread(self.app, **config)   # config: uvicorn_config's max_connections, header_timeout
