@@ -49,8 +49,10 @@ def no_stop_engine(engine):
     return engine
 
 
-def bench_chatsmith_generate(engine, rows, max_new_tokens: int, batch_size: int) -> tuple[float, dict, int]:
-    """tokens/s of chatsmith generate (in-process: the model load is not timed), its answers by id, tokens."""
+def bench_chatsmith_generate(engine, rows, max_new_tokens: int, batch_size: int, scheduler) -> tuple[float, dict,
+                                                                                                    int]:
+    """tokens/s of chatsmith generate (in-process: the model load is not timed), its answers by id, tokens. The
+    scheduler loaded the engine on its worker thread, as `chatsmith generate` does."""
     from chatsmith.engine.base import SamplingParams
     from chatsmith.generate import generate_file
 
@@ -58,7 +60,7 @@ def bench_chatsmith_generate(engine, rows, max_new_tokens: int, batch_size: int)
         inp, out = Path(d) / "in.jsonl", Path(d) / "out.jsonl"
         inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         stats = generate_file(engine, inp, out, SamplingParams(max_new_tokens=max_new_tokens, temperature=0),
-                              batch_size=batch_size, progress=False)
+                              batch_size=batch_size, progress=False, scheduler=scheduler)
         answers = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
     return stats["completion_tokens"] / stats["seconds"], answers, stats["completion_tokens"]
 
@@ -209,8 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from chatsmith.conversation import Conversation
     from chatsmith.engine import load_engine
+    from chatsmith.engine.scheduler import Scheduler
+    from chatsmith.generate import scheduler_queue
 
-    engine = no_stop_engine(load_engine(args.model))
+    # as `chatsmith generate` runs: the engine loads on the scheduler's worker thread, which decodes
+    scheduler = Scheduler(load=lambda: no_stop_engine(load_engine(args.model)), max_batch=args.batch_size,
+                          max_queue=scheduler_queue(args.batch_size))
+    engine = scheduler.engine
     rows = prompt_rows(args.prompts)
     prompt_ids = [engine.prompt_ids(Conversation.from_dict(r)) for r in rows]
     base_ids = prompt_ids[: args.baseline_prompts]
@@ -219,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
                      "batch_size": args.batch_size, "threads": args.threads, "tok_s": {}, "skipped": {}}
     tok_s = results["tok_s"]
 
-    bench_chatsmith_generate(engine, rows[:2], 4, args.batch_size)            # warm-up
-    ours, answers, produced = bench_chatsmith_generate(engine, rows, n_tok, args.batch_size)
+    bench_chatsmith_generate(engine, rows[:2], 4, args.batch_size, scheduler)            # warm-up
+    ours, answers, produced = bench_chatsmith_generate(engine, rows, n_tok, args.batch_size, scheduler)
+    scheduler.shutdown(drain=False)
+    # the other rows run on this thread, with the engine loaded here: each side's OpenMP threads on one OS
+    # thread, as each runs on its own (see engine/scheduler.py)
+    engine = no_stop_engine(load_engine(args.model))
     tok_s["chatsmith generate"] = ours
     print(f"chatsmith generate ({args.prompts} prompts, batch {args.batch_size}, {args.threads} threads): "
           f"{ours:7.1f} tok/s ({produced} tokens; {args.prompts * n_tok} expected)", flush=True)

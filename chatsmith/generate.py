@@ -134,8 +134,8 @@ def answers(scheduler: Any, prompts: list[list[int]], params: SamplingParams, wi
 
 def generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, batch_size: int = 16,
                   progress: bool = True, items: list[Item] | None = None, scheduler: Any = None) -> dict[str, Any]:
-    """scheduler: one already running `engine` (the CLI's loads the engine on its worker thread); it is shut
-    down at the end, as the one made here is."""
+    """scheduler: one already running `engine` (the CLI's loads the engine on its worker thread), left running
+    for its owner; without it, one is made for this call and shut down at its end."""
     from chatsmith.outputs import output_lock
 
     with output_lock(out, "generate output"):    # a second run would interleave rows into the same file
@@ -174,8 +174,6 @@ def _generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, ba
             ready.append(it)
         if ready:
             _generate(scheduler or engine, out, ready, prompts, params, batch_size, progress, stats, fail)
-    if scheduler is not None:
-        scheduler.shutdown(drain=False)
     if not skipped and not stats["failed"]:
         err_path.unlink(missing_ok=True)
     return stats
@@ -188,8 +186,8 @@ def _generate(runner: Any, out: Path, ready: list[Item], prompts: list[list[int]
 
     from chatsmith.engine.scheduler import Scheduler
 
-    scheduler = runner if isinstance(runner, Scheduler) else Scheduler(runner, max_batch=batch_size,
-                                                                      max_queue=scheduler_queue(batch_size))
+    owned = not isinstance(runner, Scheduler)
+    scheduler = Scheduler(runner, max_batch=batch_size, max_queue=scheduler_queue(batch_size)) if owned else runner
     t0 = time.perf_counter()
     try:
         with open(out, "a", encoding="utf-8") as f, \
@@ -208,7 +206,8 @@ def _generate(runner: Any, out: Path, ready: list[Item], prompts: list[list[int]
                 stats["completion_tokens"] += count
                 bar.set_postfix(tok_s=f"{stats['completion_tokens'] / (time.perf_counter() - t0):.0f}")
     finally:
-        scheduler.shutdown(drain=False)
+        if owned:
+            scheduler.shutdown(drain=False)
         stats["seconds"] = time.perf_counter() - t0
 
 
@@ -256,8 +255,11 @@ def run_generate(args: argparse.Namespace) -> int:
         engine.template = engine.template.with_system(args.system)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed)
-    stats = generate_file(engine, args.input, args.output, params, args.batch_size,
-                          progress=not args.no_progress, items=items, scheduler=scheduler)
+    try:
+        stats = generate_file(engine, args.input, args.output, params, args.batch_size,
+                              progress=not args.no_progress, items=items, scheduler=scheduler)
+    finally:
+        scheduler.shutdown(drain=False)
     rate = stats["completion_tokens"] / stats["seconds"] if stats["seconds"] else 0.0
     print(f"chatsmith: {stats['answered']} answered, {stats['already_done']} already in {args.output}, "
           f"{len(stats['failed'])} failed, {len(stats['skipped'])} skipped; {stats['completion_tokens']} tokens in "
