@@ -249,7 +249,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from chatsmith.engine.scheduler import Scheduler
 
     # the engine loads on the scheduler's worker thread, the one that decodes (Scheduler says why)
-    scheduler = Scheduler(load=options.load, max_batch=args.batch_size, max_queue=scheduler_queue(args.batch_size))
+    scheduler = Scheduler.loading(options, max_batch=args.batch_size, max_queue=scheduler_queue(args.batch_size))
     engine = scheduler.engine
     if args.system is not None:
         engine.template = engine.template.with_system(args.system)

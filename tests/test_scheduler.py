@@ -220,3 +220,20 @@ def test_a_loaded_engine_decodes_on_the_thread_that_loaded_it(tiny_llama, solo, 
         Scheduler(load=broken)
     with pytest.raises(ChatsmithError, match="an engine or a load callable"):
         Scheduler()
+
+
+@pytest.mark.parametrize("backend,on_caller", [("transformers", False), ("llamacpp", False), ("vllm", True)])
+def test_scheduler_loading_picks_the_thread_by_backend(tiny_llama, backend, on_caller):
+    """Scheduler.loading: on the worker thread, except vLLM (its signal handlers need the main thread)."""
+    seen = []
+
+    class Options:
+        def load(self):
+            seen.append(threading.get_ident())
+            return HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="fp32")
+
+    opts = Options()
+    opts.backend = backend
+    with Scheduler.loading(opts, max_batch=2) as sched:
+        assert sched.submit(PROMPTS[0], P).result().finish_reason is not None
+    assert (seen == [threading.get_ident()]) is on_caller and len(seen) == 1

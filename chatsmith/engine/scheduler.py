@@ -180,6 +180,15 @@ class Scheduler:
                 self._thread.join()
                 raise self._load_error
 
+    @classmethod
+    def loading(cls, options: Any, **kwargs: Any) -> "Scheduler":
+        """A scheduler running the engine `options` (EngineOptions) loads: loaded on the worker thread (see above),
+        except vLLM's, which loads on the caller's thread (it sets signal handlers, which Python allows only on the
+        main thread, and it runs its own worker processes)."""
+        if options.backend == "vllm":
+            return cls(options.load(), **kwargs)
+        return cls(load=options.load, **kwargs)
+
     # -- public API -----------------------------------------------------------------------------
     def submit(self, prompt: Conversation | Sequence[int], params: SamplingParams | None = None) -> RequestHandle:
         params = params or SamplingParams()

@@ -394,7 +394,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from chatsmith.engine.options import engine_from_args
+    from chatsmith.engine.options import engine_options
     from chatsmith.engine.scheduler import Scheduler
 
     if args.max_batch < 1 or args.max_queue < 1:
@@ -407,7 +407,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ChatsmithError("--max-connections must be at least 1")
     api_key = args.api_key or os.environ.get("CHATSMITH_API_KEY") or None
     # the engine loads on the scheduler's worker thread, the one that decodes (Scheduler says why)
-    scheduler = Scheduler(load=lambda: engine_from_args(args), max_batch=args.max_batch, max_queue=args.max_queue)
+    scheduler = Scheduler.loading(engine_options(args), max_batch=args.max_batch, max_queue=args.max_queue)
     engine = scheduler.engine
     model_id = args.model_name or model_id_for(args.model)
     app = create_app(engine, scheduler, model_id, api_key, cors_origins=tuple(args.cors_origin))

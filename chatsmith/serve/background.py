@@ -131,8 +131,8 @@ class Served:
                                                                                  backend=backend)
         self.owns_engine = engine is None
         # an engine of our own loads on the scheduler's worker thread, the one that decodes (Scheduler says why)
-        self.scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue,
-                                   load=options.load if engine is None else None)
+        self.scheduler = Scheduler.loading(options, max_batch=max_batch, max_queue=max_queue) if engine is None \
+            else Scheduler(engine, max_batch=max_batch, max_queue=max_queue)
         self.engine = self.scheduler.engine
         self.model_id = model_id or model_id_for(options.model)
         self.app = create_app(self.engine, self.scheduler, self.model_id, api_key, cors_origins=cors_origins)
