@@ -46,7 +46,8 @@ class Window:
     def __init__(self, warmup: int, tokens, tensor_tokens):
         self.warmup, self.tokens, self.tensor_tokens = warmup, tokens, tensor_tokens
         self.t0 = self.tok0 = self.t1 = self.tok1 = None
-        self.c0 = self.c1 = None
+        self.c0 = self.c1 = self.tt0 = self.tt1 = None
+        self.steps = 0
 
     def callback(self):
         from transformers import TrainerCallback
@@ -83,20 +84,21 @@ def run_ours(model: str, steps: int, warmup: int, out: Path, precision: str, row
     from chatsmith.train import run, trainer
 
     made: list = []
-    shape = {"tokens": 0}
 
-    class Recorded(trainer.ChatsmithTrainer):   # only to read its count of real tokens and its batch shapes
+    class Recorded(trainer.ChatsmithTrainer):   # only to read its count of real tokens, and of tensor tokens
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
+            self.tensor_tokens = 0
             made.append(self)
 
         def compute_loss(self, model, inputs, *a, **k):
             if model.training:
-                shape["tokens"] += inputs["input_ids"].numel()
+                self.tensor_tokens += inputs["input_ids"].numel()
             return super().compute_loss(model, inputs, *a, **k)
 
     trainer.ChatsmithTrainer, original = Recorded, trainer.ChatsmithTrainer
-    win = Window(warmup, lambda: made[-1].real_tokens if made else 0, lambda: shape["tokens"])
+    win = Window(warmup, lambda: made[-1].real_tokens if made else 0,
+                 lambda: made[-1].tensor_tokens if made else 0)
     try:
         run.train({"model": model, "data": DATA, "template": TEMPLATE, "output_dir": str(out), "method": "lora",
                    "lora": LORA, "max_length": MAX_LENGTH, "batch_size": rows, "learning_rate": 2e-4,

@@ -173,21 +173,25 @@ def _generate_file(engine: Any, inp: Path, out: Path, params: SamplingParams, ba
             prompts.append(ids)
             ready.append(it)
         if ready:
-            _generate(scheduler or engine, out, ready, prompts, params, batch_size, progress, stats, fail)
+            from chatsmith.engine.scheduler import Scheduler
+
+            own = scheduler is None
+            running = Scheduler(engine, max_batch=batch_size, max_queue=scheduler_queue(batch_size)) if own \
+                else scheduler
+            try:
+                _generate(running, out, ready, prompts, params, batch_size, progress, stats, fail)
+            finally:
+                if own:
+                    running.shutdown(drain=False)
     if not skipped and not stats["failed"]:
         err_path.unlink(missing_ok=True)
     return stats
 
 
-def _generate(runner: Any, out: Path, ready: list[Item], prompts: list[list[int]], params: SamplingParams,
+def _generate(scheduler: Any, out: Path, ready: list[Item], prompts: list[list[int]], params: SamplingParams,
               batch_size: int, progress: bool, stats: dict[str, Any], fail) -> None:
-    """runner: the engine, or a Scheduler already running it."""
     from tqdm import tqdm
 
-    from chatsmith.engine.scheduler import Scheduler
-
-    owned = not isinstance(runner, Scheduler)
-    scheduler = Scheduler(runner, max_batch=batch_size, max_queue=scheduler_queue(batch_size)) if owned else runner
     t0 = time.perf_counter()
     try:
         with open(out, "a", encoding="utf-8") as f, \
@@ -206,8 +210,6 @@ def _generate(runner: Any, out: Path, ready: list[Item], prompts: list[list[int]
                 stats["completion_tokens"] += count
                 bar.set_postfix(tok_s=f"{stats['completion_tokens'] / (time.perf_counter() - t0):.0f}")
     finally:
-        if owned:
-            scheduler.shutdown(drain=False)
         stats["seconds"] = time.perf_counter() - t0
 
 

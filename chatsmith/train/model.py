@@ -146,7 +146,7 @@ def attach_lora(model: Any, cfg: TrainConfig, previous_adapter: Path | None = No
             p.data = p.data.float()
     from chatsmith.train.dropout import use_lora_dropout
 
-    use_lora_dropout(model)        # the same dropout, its CPU mask drawn 3x cheaper (train/dropout.py says why)
+    use_lora_dropout(model)        # the same dropout, a quarter of the CPU draws (train/dropout.py says why)
     return model
 
 
