@@ -237,3 +237,52 @@ def test_scheduler_loading_picks_the_thread_by_backend(tiny_llama, backend, on_c
     with Scheduler.loading(opts, max_batch=2) as sched:
         assert sched.submit(PROMPTS[0], P).result().finish_reason is not None
     assert (seen == [threading.get_ident()]) is on_caller and len(seen) == 1
+
+
+
+def test_the_worker_threads_malloc_keeps_freed_memory(engine, monkeypatch):
+    """glibc: the scheduler fixes the trim and mmap thresholds (engine/malloc.py); a user's MALLOC_* wins, and a C
+    library without mallopt changes nothing."""
+    import ctypes
+
+    from chatsmith.engine import malloc
+
+    calls = []
+
+    def mallopt(param, value):
+        calls.append((param, value))
+        return 1
+
+    class Libc:
+        def __init__(self, name):
+            self.mallopt = mallopt
+
+    monkeypatch.setattr(ctypes, "CDLL", Libc)
+    monkeypatch.setattr(malloc, "_done", None)
+    for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(k, raising=False)
+    Scheduler(engine).shutdown()
+    assert calls == [(malloc.M_TRIM_THRESHOLD, 32 << 20), (malloc.M_MMAP_THRESHOLD, 32 << 20)]
+    assert malloc.keep_freed_memory() and len(calls) == 2          # once per process
+    monkeypatch.setattr(malloc, "_done", None)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert not malloc.keep_freed_memory() and len(calls) == 2
+    monkeypatch.setattr(malloc, "_done", None)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: object())     # musl, macOS: no mallopt
+    assert not malloc.keep_freed_memory()
+    monkeypatch.setattr(malloc, "_done", None)
+
+
+def test_keep_freed_memory_really_sets_glibcs_thresholds(monkeypatch):
+    import ctypes
+    import os
+
+    from chatsmith.engine import malloc
+
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("no mallopt in this C library")
+    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")):
+        pytest.skip("the environment sets glibc's thresholds")
+    monkeypatch.setattr(malloc, "_done", None)
+    assert malloc.keep_freed_memory() is True

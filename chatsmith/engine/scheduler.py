@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import Answer, Delta, GenerationResult, SamplingParams
+from chatsmith.engine.malloc import keep_freed_memory
 from chatsmith.errors import ChatsmithError
 
 
@@ -148,7 +149,8 @@ class Scheduler:
     model (packing weights, building the kernel) and another decodes, the teams outnumber the cores, and libgomp
     then stops spinning between parallel regions: every region of a decode step wakes sleeping threads. Measured
     on 2 cores, 64 steps of 1 row with the native step: 130 steps/s when one thread loads and decodes, 70 when
-    the decoding thread is not the loading one."""
+    the decoding thread is not the loading one. The worker thread's malloc arena is set to keep freed memory
+    (engine/malloc.py): 120 against 160 steps/s otherwise."""
 
     def __init__(self, engine: Any = None, max_batch: int = 16, max_queue: int = 64, *, load: Any = None):
         if max_batch < 1 or max_queue < 0:
@@ -169,6 +171,7 @@ class Scheduler:
         self._on_death: list[Any] = []
         self.steps = 0              # decode steps taken (for tests / stats)
         self.max_rows_seen = 0      # the widest batch so far
+        keep_freed_memory()
         self._load = load
         self._load_error: BaseException | None = None
         self._loaded = threading.Event()
