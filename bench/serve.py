@@ -2,6 +2,7 @@
 would pick instead, on the same model, dtype, threads, prompts and generation length.
 
   python bench/serve.py [--model smollm2] [--clients 1,16] [--max-tokens 64] [--threads 2] [--repeats 1]
+                        [--warmup same|other]
                         [--servers chatsmith,chatsmith-llamacpp,tf-cb,llama-server] [--gguf FILE] [--json FILE]
 
 Servers (each at its best documented setting; one that is not installed is skipped with a printed line):
@@ -16,9 +17,11 @@ Servers (each at its best documented setting; one that is not installed is skipp
                       this script never builds it.
 Same on every side: OMP_NUM_THREADS=THREADS (llama.cpp: -t/-tb THREADS), the same PROMPTS (long answers asked for,
 so every stream runs to --max-tokens), temperature 0, max_tokens = --max-tokens (llama-server also gets ignore_eos),
-one warm-up round at the measured concurrency before each measurement. A stream that finishes before max_tokens is
-counted and printed: the lengths are checked, not assumed. Tokens are counted by re-tokenizing what each stream
-returned with the model's tokenizer, so every server is counted the same way.
+one warm-up round at the measured concurrency before each measurement (--warmup same: with the measured prompts,
+which servers with a prompt cache then answer without a prefill; --warmup other: with other prompts, and each
+measured prompt new to the server, so every first token waits for a real prefill). A stream that finishes before
+max_tokens is counted and printed: the lengths are checked, not assumed. Tokens are counted by re-tokenizing what
+each stream returned with the model's tokenizer, so every server is counted the same way.
 Printed per server and client count: total output tok/s, time to first token p50/p99; then EVERY ratio of
 chatsmith's servers to every peer (tok/s, and p99 TTFT), flattering or not. --json FILE writes all of it.
 """
@@ -115,13 +118,13 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict):
     return ttft if ttft is not None else time.perf_counter() - t0, text, finish
 
 
-async def load(url: str, bodies: list[dict], tokenizer) -> dict:
+async def load(url: str, bodies: list[dict], tokenizer, warm_bodies: list[dict] | None = None) -> dict:
     async with httpx.AsyncClient(
             # a fresh connection per stream, for every server alike: reusing a kept-alive connection after a
             # llama-server stream failed its 1-client run with "Server disconnected" (124 tok/s with this)
             timeout=1800, limits=httpx.Limits(max_connections=len(bodies) + 4, max_keepalive_connections=0)) as client:
         # warm-up: the same concurrency, a few tokens each (loads, compiles, fills caches on every server alike)
-        await asyncio.gather(*[one_stream(client, url, {**b, "max_tokens": 8}) for b in bodies])
+        await asyncio.gather(*[one_stream(client, url, {**b, "max_tokens": 8}) for b in warm_bodies or bodies])
         t0 = time.perf_counter()
         results = await asyncio.gather(*[one_stream(client, url, b) for b in bodies])
         wall = time.perf_counter() - t0
@@ -155,6 +158,10 @@ def main() -> int:
     ap.add_argument("--servers", default=",".join(ALL_SERVERS))
     ap.add_argument("--gguf", help="f16 GGUF of --model for the llama.cpp servers (default: exported into a temp dir)")
     ap.add_argument("--repeats", type=int, default=1, help="measurements per server and client count (best kept)")
+    ap.add_argument("--warmup", choices=("same", "other"), default="same",
+                    help="same: the warm-up sends the measured prompts, so servers with a prompt cache (llama-server's "
+                         "cache_prompt, chatsmith's prompt cache) skip their prefill, as for a regenerated or retried "
+                         "request; other: the measured prompts are new to every server (cold prefill)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     from chatsmith import models
@@ -221,13 +228,19 @@ def main() -> int:
             try:
                 table[name] = {}
                 for c in counts:
-                    bodies = [{"model": model_id, "stream": True, "max_tokens": args.max_tokens, "temperature": 0,
-                               "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], **extra}
-                              for i in range(c)]
+                    def bodies_of(tag: str, c: int = c, model_id: str = model_id, extra: dict = extra) -> list[dict]:
+                        return [{"model": model_id, "stream": True, "max_tokens": args.max_tokens, "temperature": 0,
+                                 "messages": [{"role": "user", "content": tag + PROMPTS[i % len(PROMPTS)]}], **extra}
+                                for i in range(c)]
+
                     best = None
-                    for _ in range(args.repeats):
+                    for rep in range(args.repeats):
+                        # --warmup other: every measured prompt is new to the server (tagged with the repeat), so
+                        # no server can answer it from a prompt cache; same: the warm-up sends the measured prompts
+                        bodies = bodies_of(f"(Request {rep + 1}.) " if args.warmup == "other" else "")
+                        warm = bodies_of(f"(Warm-up {rep + 1}.) ") if args.warmup == "other" else None
                         try:
-                            row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok))
+                            row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok, warm))
                         except Exception as e:   # a server that fails under load is a result too
                             proc.log.seek(0)
                             tail = proc.log.read()[-800:].strip()
@@ -263,6 +276,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "clients": counts,
+            "warmup": args.warmup,
             "prompts": PROMPTS, "results": {n: {str(c): r for c, r in rows.items()} for n, rows in table.items()},
             "ratios": ratios, "skipped": skipped}, indent=2) + "\n")
     return 0

@@ -277,3 +277,59 @@ def test_kv_buffers_regrow_without_changing_a_token(tiny_llama, monkeypatch):
     monkeypatch.setattr(kvcache, "CACHE_GROWTH", 3)
     assert [r.token_ids for r in eng.generate(PROMPTS, params)] == want
     assert sum(len(t) for t in want) > 40
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "bloom"])
+def test_a_repeated_prompt_skips_its_prefill_and_answers_bit_identically(engines, arch, monkeypatch):
+    from chatsmith.engine.prompt_cache import PromptCache
+
+    eng = engines[arch]
+    eng.prompt_cache = PromptCache()
+    first = eng.generate(PROMPTS, GREEDY)              # prefilled, then decoded (the batch writes its cache in place)
+    assert (eng.prompt_cache.hits, len(eng.prompt_cache)) == (0, len(PROMPTS))
+    forwards = []
+    if eng.lean is not None:
+        monkeypatch.setattr(eng.lean, "prefill", lambda *a: forwards.append(a) or [])
+    else:
+        monkeypatch.setattr(eng.new_batch().__class__, "_forward", lambda *a: forwards.append(a))
+    again = eng.generate(PROMPTS[::-1], GREEDY)        # no forward pass at all: every prompt is a hit
+    assert forwards == [] and eng.prompt_cache.hits == len(PROMPTS)
+    assert [r.token_ids for r in again[::-1]] == [r.token_ids for r in first]
+    monkeypatch.undo()
+    # the stored copy is what a fresh prefill computes, bit for bit, after the decoding above
+    ids = eng.prompt_ids(PROMPTS[2])
+    logits, cache = eng.prompt_cache.get(ids, eng.new_cache)
+    eng.prompt_cache = PromptCache(0)                  # off: always a fresh prefill
+    with torch.inference_mode():
+        fresh_logits, fresh = (eng.lean.prefill([ids])[0] if eng.lean is not None
+                               else eng.new_batch()._forward(ids))
+    assert torch.equal(logits, fresh_logits)
+    assert all(torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+               for a, b in zip(cache.layers, fresh.layers))
+    assert eng.generate([PROMPTS[2]], GREEDY)[0].token_ids == first[2].token_ids
+    assert eng.prompt_cache.hits == 0 and len(eng.prompt_cache) == 0
+    eng.prompt_cache = PromptCache()
+
+
+def test_prompt_cache_is_bounded_and_can_be_turned_off(llama, monkeypatch):
+    from chatsmith.engine.prompt_cache import PromptCache
+
+    one = PromptCache()
+    llama.prompt_cache = one
+    llama.generate(PROMPTS[:1], GREEDY)
+    size = one.bytes
+    assert size > 0
+    llama.prompt_cache = PromptCache(int(2.5 * size))  # room for two prompts of that size
+    for c in PROMPTS:
+        llama.generate([c], GREEDY)
+    assert llama.prompt_cache.bytes <= 2.5 * size and len(llama.prompt_cache) <= 2
+    assert tuple(llama.prompt_ids(PROMPTS[-1])) in llama.prompt_cache._entries   # the latest stays
+    monkeypatch.setenv("CHATSMITH_PROMPT_CACHE_MB", "0")
+    llama.prompt_cache = PromptCache()
+    llama.generate(PROMPTS[:1], GREEDY)
+    llama.generate(PROMPTS[:1], GREEDY)
+    assert len(llama.prompt_cache) == 0 and llama.prompt_cache.hits == 0
+    monkeypatch.setenv("CHATSMITH_PROMPT_CACHE_MB", "lots")
+    with pytest.raises(ChatsmithError, match="CHATSMITH_PROMPT_CACHE_MB"):
+        PromptCache()
+    llama.prompt_cache = PromptCache(10**9)

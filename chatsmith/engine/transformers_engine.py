@@ -28,6 +28,7 @@ import torch
 from chatsmith.engine import lean_llama
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
 from chatsmith.engine.lean_llama import LeanLlamaDecoder
+from chatsmith.engine.prompt_cache import PromptCache
 from chatsmith.engine.stops import StopMachine, failed
 
 
@@ -53,6 +54,12 @@ class HFEngine(Engine):
         if lean is None:
             lean = os.environ.get("CHATSMITH_LEAN", "1") != "0"
         self.lean = LeanLlamaDecoder(model) if lean and lean_llama.supports(model) else None
+        self.prompt_cache = PromptCache()   # a prompt seen before skips its prefill (engine/prompt_cache.py)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
 
     @classmethod
     def load(cls, model: str = "smollm2", adapters: list[str] | None = None, template: str | None = None,
@@ -170,10 +177,18 @@ class DecodeBatch:
         eng = self.engine
         try:
             with torch.inference_mode():
-                if eng.lean is not None:
-                    done = eng.lean.prefill([list(ids) for _, ids, _ in requests])
+                cached = [eng.prompt_cache.get(ids, eng.new_cache) for _, ids, _ in requests]
+                todo = [ids for (_, ids, _), c in zip(requests, cached) if c is None]
+                if not todo:
+                    fresh = []
+                elif eng.lean is not None:
+                    fresh = eng.lean.prefill([list(ids) for ids in todo])
                 else:
-                    done = [self._forward(ids) for _, ids, _ in requests]
+                    fresh = [self._forward(ids) for ids in todo]
+                for ids, (logits, cache) in zip(todo, fresh):
+                    eng.prompt_cache.put(ids, logits, cache)
+                fresh_iter = iter(fresh)
+                done = [c if c is not None else next(fresh_iter) for c in cached]
         except Exception as e:
             if eng.fatal(e):
                 raise

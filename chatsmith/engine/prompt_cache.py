@@ -1,0 +1,91 @@
+"""Prompts seen before skip their prefill: the last prompts' KV caches and first-token logits, kept by token ids.
+
+A prompt that comes again token for token (a regenerated answer, a retried request, the same question from many
+users, a client that replays a conversation) joins the batch without a forward pass: its cache and logits are
+copies of what its first prefill computed, so its output is bit-identical to an uncached run, greedy or seeded.
+llama-server keeps each slot's last prompt for the same reason (its `cache_prompt`, on by default), and vLLM's
+automatic prefix caching does it by block.
+
+Why only whole prompts and not shared prefixes as llama.cpp and vLLM also reuse: extending a cached prefix runs
+the rest of the prompt through matmuls of another shape, which on this CPU's oneDNN GEMMs changes the last bits
+of the cache (measured, see lean_llama.group_prefill), so a greedy answer would depend on which requests came
+before it. chatsmith keeps "a request's output does not depend on its neighbours" (engine/transformers_engine.py).
+
+Memory is bounded: entries are dropped least recently used first once their tensors pass `max_bytes`
+(CHATSMITH_PROMPT_CACHE_MB, default 256; 0 turns the cache off). Entries are copied in and copied out, so nothing
+the decode batch does to its own cache (in-place column writes, see kvcache.reserve) can reach a stored entry.
+One thread (the one that drives the DecodeBatch) uses it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+
+from chatsmith.errors import ChatsmithError
+
+DEFAULT_MB = 256
+
+
+def default_bytes() -> int:
+    raw = os.environ.get("CHATSMITH_PROMPT_CACHE_MB", str(DEFAULT_MB))
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ChatsmithError(f"CHATSMITH_PROMPT_CACHE_MB={raw!r}: expected a number of megabytes (0 turns it "
+                             "off)") from None
+    return max(0, int(mb * 2**20))
+
+
+class PromptCache:
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = default_bytes() if max_bytes is None else max_bytes
+        self._entries: OrderedDict[tuple[int, ...], tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], int]] \
+            = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, prompt_ids: Sequence[int], new_cache: Any) -> tuple[torch.Tensor, Any] | None:
+        """(logits, cache) for a prompt seen before, the cache built by `new_cache()` and filled with copies;
+        None otherwise."""
+        if not self.max_bytes:
+            return None
+        key = tuple(prompt_ids)
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        logits, layers, _ = entry
+        cache = new_cache()
+        for i, (k, v) in enumerate(layers):
+            cache.update(k.clone(), v.clone(), i)
+        return logits.clone(), cache
+
+    def put(self, prompt_ids: Sequence[int], logits: torch.Tensor, cache: Any) -> None:
+        """Keep a copy of a freshly prefilled prompt's logits and cache (a cache that is not plain per-layer keys
+        and values, e.g. a sliding-window or quantized one, is not kept)."""
+        if not self.max_bytes:
+            return
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(t) is not torch.Tensor for la in layers
+                             for t in (getattr(la, "keys", None), getattr(la, "values", None))):
+            return
+        key = tuple(prompt_ids)
+        size = logits.numel() * logits.element_size() + sum(
+            t.numel() * t.element_size() for la in layers for t in (la.keys, la.values))
+        if size > self.max_bytes or key in self._entries:
+            return
+        self._entries[key] = (logits.detach().clone(),
+                              [(la.keys.detach().clone(), la.values.detach().clone()) for la in layers], size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, _, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
