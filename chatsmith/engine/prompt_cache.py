@@ -14,7 +14,8 @@ before it. chatsmith keeps "a request's output does not depend on its neighbours
 Memory is bounded: entries are dropped least recently used first once their tensors pass `max_bytes`
 (CHATSMITH_PROMPT_CACHE_MB, default 256; 0 turns the cache off). Entries are copied in and copied out, so nothing
 the decode batch does to its own cache (in-place column writes, see kvcache.reserve) can reach a stored entry.
-One thread (the one that drives the DecodeBatch) uses it.
+One thread (the one that drives the DecodeBatch) uses it. Entries are keyed by token ids alone: an engine's weights
+do not change once it has loaded (an engine over a model that is still training would need a fresh cache).
 """
 
 from __future__ import annotations
