@@ -229,16 +229,20 @@ def main() -> int:
                 table[name] = {}
                 for c in counts:
                     def bodies_of(tag: str, c: int = c, model_id: str = model_id, extra: dict = extra) -> list[dict]:
+                        # tag "": PROMPTS as they are (16 clients send each twice); a tag names the client too, so
+                        # no two bodies share a prompt
                         return [{"model": model_id, "stream": True, "max_tokens": args.max_tokens, "temperature": 0,
-                                 "messages": [{"role": "user", "content": tag + PROMPTS[i % len(PROMPTS)]}], **extra}
-                                for i in range(c)]
+                                 "messages": [{"role": "user", "content": (f"({tag}.{i + 1}.) " if tag
+                                                                           else "") + PROMPTS[i % len(PROMPTS)]}],
+                                 **extra} for i in range(c)]
 
                     best = None
                     for rep in range(args.repeats):
-                        # --warmup other: every measured prompt is new to the server (tagged with the repeat), so
-                        # no server can answer it from a prompt cache; same: the warm-up sends the measured prompts
-                        bodies = bodies_of(f"(Request {rep + 1}.) " if args.warmup == "other" else "")
-                        warm = bodies_of(f"(Warm-up {rep + 1}.) ") if args.warmup == "other" else None
+                        # --warmup other: every measured prompt is new to the server (tagged with the repeat and
+                        # the client), so no server can answer it from a prompt cache, not even from another
+                        # client's copy in the same round; same: the warm-up sends the measured prompts
+                        bodies = bodies_of(f"Request {rep + 1}" if args.warmup == "other" else "")
+                        warm = bodies_of(f"Warm-up {rep + 1}") if args.warmup == "other" else None
                         try:
                             row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok, warm))
                         except Exception as e:   # a server that fails under load is a result too
