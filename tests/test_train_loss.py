@@ -88,8 +88,14 @@ def test_fast_loss_equals_plain_forward(arch, packed, tiny_root, tmp_path):
     assert trainer.real_tokens == int(batch["num_real_tokens"]) * 2
 
 
-def test_only_trained_positions_reach_the_head(tiny_llama):
-    """The head sees one row of exactly the trained positions' hidden states (else nothing was saved)."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_only_trained_positions_reach_the_head(tiny_llama, fused, monkeypatch):
+    """The head sees one row of exactly the trained positions' hidden states (else nothing was saved); fused, it
+    passes them through to the chunked loss instead of projecting them; either way it is itself again after."""
+    from chatsmith.train import trainer
+
+    if not fused:
+        monkeypatch.setattr(trainer, "FUSED_HEAD_MODELS", frozenset())
     model = _lora_model(tiny_llama)
     batch = _batch(tiny_llama, packed=True)
     seen = []
@@ -97,14 +103,80 @@ def test_only_trained_positions_reach_the_head(tiny_llama):
     with labelled_logits_only(model, dict(batch)) as inputs:
         handle = head.register_forward_hook(lambda _m, args, out: seen.append((args[0].shape, out.shape)))
         try:
-            model(**{k: v for k, v in inputs.items() if k != "num_real_tokens"})
+            out = model(**{k: v for k, v in inputs.items() if k != "num_real_tokens"})
         finally:
             handle.remove()
     n = int((batch["labels"][:, 1:] != -100).sum())
-    assert seen == [(torch.Size([1, n, 64]), torch.Size([1, n, model.config.vocab_size]))]
-    # and the hook is gone afterwards: a plain forward projects every position again
+    assert seen == [(torch.Size([1, n, 64]), torch.Size([1, n, 64 if fused else model.config.vocab_size]))]
+    assert out.loss is not None and torch.isfinite(out.loss)
+    # and the hooks are gone afterwards: a plain forward projects every position again, with the model's own loss
+    assert "forward" not in vars(head) and "_loss_function" not in vars(model.get_base_model())
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
     assert out.logits.shape[:2] == batch["input_ids"].shape
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_head_gives_the_gradients_of_the_unfused_loss(tiny_llama, tmp_path, monkeypatch, bf16):
+    """The chunked head loss (several chunks here) against the model's own head and loss on the same trained
+    positions: the same loss and the same gradients for every LoRA weight, in fp32 and under bf16 autocast."""
+    from chatsmith.train import head_loss, trainer
+
+    model = _lora_model(tiny_llama)
+    batch = _batch(tiny_llama, packed=True)
+    n_items = (batch["labels"][:, 1:] != -100).sum()
+    t = _trainer(model, tmp_path, bf16=bf16)
+    monkeypatch.setattr(head_loss, "CHUNK_ELEMENTS", 7 * model.config.vocab_size)    # 8 rows per chunk (the least)
+    assert n_items > 3 * 8
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return _loss_and_grads(model, lambda: t.compute_loss(model, dict(batch), num_items_in_batch=n_items))
+
+    fused, fused_g = step()
+    monkeypatch.setattr(trainer, "FUSED_HEAD_MODELS", frozenset())
+    plain, plain_g = step()
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    assert fused_g.keys() == plain_g.keys() and len(fused_g) > 0
+    for n in plain_g:
+        torch.testing.assert_close(fused_g[n], plain_g[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_head_cross_entropy_against_torch():
+    """Chunked head loss on its own: gradients of hidden states and of a trainable weight, the mean without a
+    count, and a loss gradient other than 1 (it is rescaled in backward)."""
+    from chatsmith.train import head_loss
+
+    torch.manual_seed(0)
+    h0, w0 = torch.randn(50, 16), torch.randn(40, 16)
+    labels = torch.randint(0, 40, (50,))
+    old = head_loss.CHUNK_ELEMENTS
+    head_loss.CHUNK_ELEMENTS = 12 * 40           # 12 rows per chunk: 5 chunks, the last one short
+    try:
+        for count, scale in ((None, 1.0), (64, 1.0), (64, 3.0)):
+            h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+            loss = scale * head_loss.head_cross_entropy(h, w, labels, count)
+            loss.backward()
+            hr, wr = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+            ref = scale * torch.nn.functional.cross_entropy(hr @ wr.t(), labels, reduction="sum") / (count or 50)
+            ref.backward()
+            torch.testing.assert_close(loss, ref, msg=f"{count} {scale}")
+            torch.testing.assert_close(h.grad, hr.grad, msg=f"{count} {scale}")
+            torch.testing.assert_close(w.grad, wr.grad, msg=f"{count} {scale}")
+    finally:
+        head_loss.CHUNK_ELEMENTS = old
+
+
+def test_a_head_with_a_bias_or_a_hook_is_not_fused(tiny_llama):
+    from chatsmith.train.trainer import _fusable_head
+
+    model = _lora_model(tiny_llama)
+    head = model.get_output_embeddings()
+    assert _fusable_head(model, head) is model.get_base_model()
+    head.forward = lambda x: x                    # e.g. accelerate's offload hook wraps the forward
+    assert _fusable_head(model, head) is None
+    del head.forward
+    head.bias = torch.nn.Parameter(torch.zeros(head.out_features))
+    assert _fusable_head(model, head) is None
 
 
 def test_bf16_autocast_fast_loss_matches_plain(tiny_llama, tmp_path):

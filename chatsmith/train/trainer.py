@@ -180,6 +180,24 @@ def accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+# model types whose causal-LM forward is `logits = lm_head(hidden)` then `loss_function(logits, ...)`, nothing in
+# between (no softcapping or logit scaling, as gemma2 and cohere have): their head and loss can run fused
+FUSED_HEAD_MODELS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gpt_neox", "bloom", "phi3", "gemma",
+                               "olmo2", "stablelm", "falcon"})
+
+
+def _fusable_head(model: Any, head: Any) -> Any:
+    """The model whose loss_function takes over the head (see labelled_logits_only), or None: only a plain
+    bias-free Linear head of a listed architecture, with no hook (accelerate's offload) on its forward."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(base, "config", None), "model_type", None) not in FUSED_HEAD_MODELS:
+        return None
+    if type(head) is not torch.nn.Linear or head.bias is not None or "forward" in vars(head) \
+            or hasattr(head, "_hf_hook"):
+        return None
+    return base
+
+
 @contextlib.contextmanager
 def labelled_logits_only(model: Any, inputs: dict) -> Iterator[dict]:
     """Project onto the vocabulary only at the positions whose next token is trained. The prompt positions of an
@@ -187,8 +205,11 @@ def labelled_logits_only(model: Any, inputs: dict) -> Iterator[dict]:
     cross-entropy over them are a large share of a small model's step. A forward pre-hook on the output head
     gathers those positions' hidden states (one flat row, whatever sample they belong to), and the model's own
     loss function gets the matching labels as `shift_labels`: the same per-token loss, sum over the same tokens
-    divided by the same count. The hook lives only for this call and goes through the model's own forward, so
-    DDP/FSDP wrappers and autocast see an ordinary step."""
+    divided by the same count. Where the architecture allows (_fusable_head), the head then passes the gathered
+    hidden states through and the model's loss_function is head_loss.head_cross_entropy, which projects them in
+    chunks (train/head_loss.py says why): the same gradients, and the call's `logits` are those hidden states.
+    The hooks live only for this call and go through the model's own forward, so DDP/FSDP wrappers and autocast
+    see an ordinary step."""
     head = None
     if "labels" in inputs and accepts_logits_to_keep(model):
         head = model.get_output_embeddings()
@@ -206,11 +227,31 @@ def labelled_logits_only(model: Any, inputs: dict) -> Iterator[dict]:
             raise RuntimeError(f"output head got hidden states {tuple(hidden.shape)} for labels {tuple(keep.shape)}")
         return (hidden[keep].unsqueeze(0), *args[1:])
 
+    base = _fusable_head(model, head)
     handle = head.register_forward_pre_hook(gather)
+    if base is not None:
+        from chatsmith.train.head_loss import head_cross_entropy
+
+        def fused_loss(logits, labels=None, vocab_size=None, num_items_in_batch=None, ignore_index=-100,
+                       shift_labels=None, **_kw):
+            if shift_labels is None or logits.shape[-1] != head.in_features:
+                raise RuntimeError("fused head loss: expected the gathered hidden states and their shift_labels")
+            return head_cross_entropy(logits, head.weight, shift_labels, num_items_in_batch)
+
+        had_loss = "_loss_function" in vars(base)
+        previous_loss = vars(base).get("_loss_function")
+        head.forward = lambda hidden: hidden
+        base.loss_function = fused_loss
     try:
         yield {**inputs, "logits_to_keep": 0, "shift_labels": shifted[keep].unsqueeze(0)}
     finally:
         handle.remove()
+        if base is not None:
+            del head.forward
+            if had_loss:
+                base.loss_function = previous_loss
+            else:
+                del base._loss_function
 
 
 class MetricsCallback(TrainerCallback):
