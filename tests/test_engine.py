@@ -267,6 +267,34 @@ def test_native_step_is_close_to_transformers(tiny_llama, amx, monkeypatch):
     assert (got - want).abs().max() <= 0.05 * scale, (got - want).abs().max()
     assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.999
 
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
+def test_prompts_prefilled_together_get_the_caches_and_logits_of_a_prefill_alone(tiny_llama, amx, monkeypatch):
+    """With the native kernel a burst of prompts is prefilled in one pass (without AMX: oneDNN on fixed blocks of
+    rows, the last positions on the row-by-row GEMV); each prompt's logits and every layer's keys and values are
+    bit-identical to its prefill alone, and a batch's add_many makes one pass for the whole burst."""
+    from chatsmith.engine import lean_llama
+
+    native_kernels(amx, monkeypatch)
+    monkeypatch.setattr(lean_llama, "PREFILL_TILE", 8)         # several blocks, and a short last one, per pass
+    eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    assert eng.lean.group_prefill
+    ids = [eng.prompt_ids(c) for c in PROMPTS]
+    assert len({len(i) for i in ids}) > 2 and sum(map(len, ids)) % 8
+    with torch.inference_mode():
+        alone = [eng.lean.prefill([i])[0] for i in ids]
+        together = eng.lean.prefill(ids)
+    for (la, ca), (lt, ct) in zip(alone, together):
+        assert torch.equal(la, lt)
+        for a, t in zip(ca.layers, ct.layers):
+            assert torch.equal(a.keys, t.keys) and torch.equal(a.values, t.values)
+    passes = []
+    real = eng.lean.prefill
+    monkeypatch.setattr(eng.lean, "prefill", lambda prompts: passes.append(len(prompts)) or real(prompts))
+    batch = eng.new_batch()
+    events = batch.add_many([(i, p, GREEDY) for i, p in enumerate(ids)])
+    assert passes == [len(ids)] and [e.token_id for e in events] == [int(la.argmax()) for la, _ in alone]
+
+
 def test_kv_buffers_regrow_without_changing_a_token(tiny_llama, monkeypatch):
     """The cache buffers grow CACHE_GROWTH columns at a time; growing every 3 tokens decodes the same tokens."""
     from chatsmith.engine import kvcache

@@ -56,6 +56,12 @@ class NativeLlamaStep:
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         return self._gemv(rows, w, self._by_weight[id(w)]).view(*x.shape[:-1], w.shape[0])
 
+    def rows_alone(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x (..., K) @ w.T on the AVX512-BF16 GEMV, which computes every row on its own: for the few rows of a
+        prefill's last positions, whose logits must not depend on the group they were prefilled in."""
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        return self._gemv(rows, w, None).view(*x.shape[:-1], w.shape[0])
+
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, starts: list[int], cache: Any) -> torch.Tensor:
         dec = self.dec
         b = tokens.shape[0]
