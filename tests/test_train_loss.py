@@ -152,12 +152,14 @@ def test_head_cross_entropy_against_torch():
     old = head_loss.CHUNK_ELEMENTS
     head_loss.CHUNK_ELEMENTS = 12 * 40           # 12 rows per chunk: 5 chunks, the last one short
     try:
-        for count, scale in ((None, 1.0), (64, 1.0), (64, 3.0)):
+        rw = torch.rand(50) + 0.5
+        for count, scale, weights in ((None, 1.0, None), (64, 1.0, None), (64, 3.0, None), (64, 3.0, rw)):
             h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
-            loss = scale * head_loss.head_cross_entropy(h, w, labels, count)
+            loss = scale * head_loss.head_cross_entropy(h, w, labels, count, weights)
             loss.backward()
             hr, wr = h0.clone().requires_grad_(), w0.clone().requires_grad_()
-            ref = scale * torch.nn.functional.cross_entropy(hr @ wr.t(), labels, reduction="sum") / (count or 50)
+            token = torch.nn.functional.cross_entropy(hr @ wr.t(), labels, reduction="none")
+            ref = scale * (token * (1 if weights is None else weights)).sum() / (count or 50)
             ref.backward()
             torch.testing.assert_close(loss, ref, msg=f"{count} {scale}")
             torch.testing.assert_close(h.grad, hr.grad, msg=f"{count} {scale}")
@@ -192,3 +194,63 @@ def test_bf16_autocast_fast_loss_matches_plain(tiny_llama, tmp_path):
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
     for n in want_g:
         torch.testing.assert_close(got_g[n], want_g[n], rtol=5e-2, atol=5e-3, msg=n)
+
+
+def test_answer_start_weights_mark_the_first_tokens_of_each_answer():
+    from chatsmith.train.trainer import answer_start_weights
+
+    keep = torch.tensor([[0, 1, 1, 1, 0, 0, 1, 1], [1, 1, 0, 1, 0, 0, 0, 1]], dtype=torch.bool)
+    got = answer_start_weights(keep, 2, 4.0)
+    assert got.tolist() == [4, 4, 1, 4, 4, 4, 4, 4, 4]
+    assert answer_start_weights(keep, 1, 3.0).tolist() == [3, 1, 1, 3, 1, 3, 1, 3, 3]
+
+
+def test_answer_start_weight_is_the_weighted_per_token_loss(tiny_llama, tmp_path):
+    """Training with answer_start (2 tokens, weight 4): the loss and gradients of sum(weight x token loss) / count
+    over the trained tokens, computed from the plain forward's logits; validation (eval mode) stays unweighted."""
+    from chatsmith.train.trainer import answer_start_weights
+
+    model = _lora_model(tiny_llama)
+    batch = _batch(tiny_llama, packed=True)
+    plain_inputs = {k: v for k, v in batch.items() if k not in ("num_real_tokens", "labels")}
+    shifted = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:]
+    keep = shifted != -100
+    weights = answer_start_weights(keep, 2, 4.0)
+    assert (weights == 4).sum() >= 2 * 4 and (weights == 1).any()     # several answers, with tokens past their start
+    n = keep.sum()
+
+    def reference():
+        logits = model(**plain_inputs).logits.float()
+        token = torch.nn.functional.cross_entropy(logits[keep], shifted[keep], reduction="none")
+        return (token * weights).sum() / n
+
+    trainer = _trainer(model, tmp_path)
+    trainer.answer_start = (2, 4.0)
+    model.train()
+    want, want_g = _loss_and_grads(model, reference)
+    got, got_g = _loss_and_grads(model, lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=n))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-4, atol=1e-6, msg=k)
+    model.eval()
+    plain = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+    trainer.answer_start = (2, 1.0)
+    torch.testing.assert_close(plain, trainer.compute_loss(model, dict(batch), num_items_in_batch=n))
+
+
+def test_answer_start_weight_refuses_what_it_cannot_do(tiny_llama, tmp_path, monkeypatch):
+    from chatsmith.errors import ChatsmithError
+    from chatsmith.train import trainer as tr
+    from chatsmith.train.config import parse_config
+
+    with pytest.raises(ChatsmithError, match="answer_start_weight"):
+        parse_config({"data": ["x"], "answer_start_weight": 4, "train_on_inputs": True})
+    with pytest.raises(ChatsmithError, match="answer_start_weight"):
+        parse_config({"data": ["x"], "answer_start_weight": 0})
+    monkeypatch.setattr(tr, "FUSED_HEAD_MODELS", frozenset())
+    model = _lora_model(tiny_llama)
+    t = _trainer(model, tmp_path)
+    t.answer_start = (2, 4.0)
+    model.train()
+    with pytest.raises(ChatsmithError, match="needs the fused head loss"):
+        t.compute_loss(model, dict(_batch(tiny_llama, packed=True)))

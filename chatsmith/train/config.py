@@ -60,6 +60,10 @@ class Hyper(BaseModel):
     val_data: str | list[str] | None = None
     val_set_size: float = Field(0, ge=0)     # < 1: a fraction of the train rows; >= 1: a row count
     train_on_inputs: bool = False
+    # the loss weight of the first `answer_start_tokens` trained tokens of every answer: where the answer decides
+    # (cite the context or say it does not hold the answer), not where it copies (trainer.answer_start_weights)
+    answer_start_weight: float = Field(1.0, gt=0)
+    answer_start_tokens: int = Field(2, ge=1)
     max_length: int = Field(1024, ge=8)
     packing: bool = True
     group_by_length: bool = False
@@ -89,6 +93,12 @@ class Hyper(BaseModel):
     save_steps: int = Field(100, ge=1)
     eval_steps: int | None = Field(None, ge=1)  # default: save_steps
     save_total_limit: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _answer_start(self) -> Hyper:
+        if self.answer_start_weight != 1 and self.train_on_inputs:
+            raise ValueError("answer_start_weight: with train_on_inputs every token trains, so no answer has a start")
+        return self
 
     @field_validator("val_set_size")
     @classmethod

@@ -35,7 +35,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
     (a single process with no loss scaling) and is rescaled in backward otherwise."""
 
     @staticmethod
-    def forward(ctx, h, weight, labels, inv_count):
+    def forward(ctx, h, weight, labels, inv_count, row_weights):
         dt = _compute_dtype(h, weight)
         rows = max(8, CHUNK_ELEMENTS // weight.shape[0])
         with torch.autocast(h.device.type, enabled=False):
@@ -47,8 +47,14 @@ class _HeadCrossEntropy(torch.autograd.Function):
             for s in range(0, h.shape[0], rows):
                 hc, lc = h[s:s + rows].to(dt), labels[s:s + rows]
                 logp = torch.log_softmax(F.linear(hc, w).float(), -1)
-                total += F.nll_loss(logp, lc, reduction="sum")
-                d_logp = torch.zeros_like(logp).scatter_(1, lc[:, None], (-inv_count).expand(len(lc), 1))
+                if row_weights is None:
+                    total += F.nll_loss(logp, lc, reduction="sum")
+                    d_lc = (-inv_count).expand(len(lc), 1)
+                else:
+                    wc = row_weights[s:s + rows]
+                    total += (F.nll_loss(logp, lc, reduction="none") * wc).sum()
+                    d_lc = (-inv_count * wc)[:, None]
+                d_logp = torch.zeros_like(logp).scatter_(1, lc[:, None], d_lc)
                 d_logits = torch._log_softmax_backward_data(d_logp, logp, 1, torch.float32).to(dt)
                 del logp, d_logp
                 grad_h[s:s + rows] = d_logits @ w
@@ -64,15 +70,18 @@ class _HeadCrossEntropy(torch.autograd.Function):
         if not bool(grad == 1):
             grad_h = grad_h * grad.to(grad_h.dtype)
             grad_w = None if grad_w is None else grad_w * grad.float()
-        return (grad_h.to(ctx.dtypes[0]), None if grad_w is None else grad_w.to(ctx.dtypes[1]), None, None)
+        return (grad_h.to(ctx.dtypes[0]), None if grad_w is None else grad_w.to(ctx.dtypes[1]), None, None, None)
 
 
 def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                       num_items: torch.Tensor | int | None = None) -> torch.Tensor:
+                       num_items: torch.Tensor | int | None = None,
+                       row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """transformers' causal-LM loss over rows that are all trained (no -100): the sum of their token losses
-    divided by `num_items` (the Trainer's count across an accumulated batch), or their mean when None."""
+    divided by `num_items` (the Trainer's count across an accumulated batch), or their mean when None. With
+    `row_weights`, each row's token loss is multiplied by its weight before the sum (the count is unchanged)."""
     h = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1).to(h.device)
     n = labels.numel() if num_items is None else num_items
     count = n.to(h.device, torch.float32) if torch.is_tensor(n) else torch.tensor(float(n), device=h.device)
-    return _HeadCrossEntropy.apply(h, weight, labels, torch.ones((), device=h.device) / count)
+    w = None if row_weights is None else row_weights.reshape(-1).to(h.device, torch.float32)
+    return _HeadCrossEntropy.apply(h, weight, labels, torch.ones((), device=h.device) / count, w)

@@ -301,7 +301,8 @@ def run_stage(plan: RunPlan, st: StagePlan, *, base_path: Path, base_model: str,
     trainer = ChatsmithTrainer(model=model, args=args, train_dataset=ListDataset(train_rows),
                                eval_dataset=ListDataset(val_rows) if val_rows else None, data_collator=collator,
                                callbacks=[metrics_cb, CheckpointCallback(cfg.save_total_limit), *(callbacks or [])],
-                               warmup_ratio=cfg.warmup_ratio)
+                               warmup_ratio=cfg.warmup_ratio,
+                               answer_start=(cfg.answer_start_tokens, cfg.answer_start_weight))
     log_beside_metrics(trainer, st.dir / LOG_DIR)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
