@@ -254,3 +254,7 @@ def test_answer_start_weight_refuses_what_it_cannot_do(tiny_llama, tmp_path, mon
     model.train()
     with pytest.raises(ChatsmithError, match="needs the fused head loss"):
         t.compute_loss(model, dict(_batch(tiny_llama, packed=True)))
+    monkeypatch.undo()
+    monkeypatch.setattr(tr, "accepts_logits_to_keep", lambda _m: False)   # no head hook at all: still refused
+    with pytest.raises(ChatsmithError, match="needs the fused head loss"):
+        t.compute_loss(model, dict(_batch(tiny_llama, packed=True)))

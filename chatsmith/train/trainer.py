@@ -240,6 +240,10 @@ def labelled_logits_only(model: Any, inputs: dict, answer_start: tuple[int, floa
     if head is not None:
         shifted = torch.nn.functional.pad(inputs["labels"], (0, 1), value=-100)[:, 1:]
         keep = shifted != -100
+    base = _fusable_head(model, head) if head is not None else None
+    if answer_start[1] != 1 and base is None:
+        raise ConfigError("answer_start_weight needs the fused head loss, which this model's head does not take "
+                          f"(architectures: {', '.join(sorted(FUSED_HEAD_MODELS))}; a plain head without bias)")
     if head is None or keep is None or not bool(keep.any()):
         yield inputs
         return
@@ -250,13 +254,7 @@ def labelled_logits_only(model: Any, inputs: dict, answer_start: tuple[int, floa
             raise RuntimeError(f"output head got hidden states {tuple(hidden.shape)} for labels {tuple(keep.shape)}")
         return (hidden[keep].unsqueeze(0), *args[1:])
 
-    base = _fusable_head(model, head)
-    row_weights = None
-    if answer_start[1] != 1:
-        if base is None:
-            raise ConfigError("answer_start_weight needs the fused head loss, which this model's head does not take "
-                              f"(architectures: {', '.join(sorted(FUSED_HEAD_MODELS))}; a plain head without bias)")
-        row_weights = answer_start_weights(keep, *answer_start)
+    row_weights = answer_start_weights(keep, *answer_start) if answer_start[1] != 1 else None
     handle = head.register_forward_pre_hook(gather)
     if base is not None:
         from chatsmith.train.head_loss import head_cross_entropy
