@@ -267,6 +267,7 @@ def test_native_step_is_close_to_transformers(tiny_llama, amx, monkeypatch):
     assert (got - want).abs().max() <= 0.05 * scale, (got - want).abs().max()
     assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.999
 
+
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
 def test_prompts_prefilled_together_get_the_caches_and_logits_of_a_prefill_alone(tiny_llama, amx, monkeypatch):
     """With the native kernel a burst of prompts is prefilled in one pass (without AMX: oneDNN on fixed blocks of

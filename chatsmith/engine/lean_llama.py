@@ -94,12 +94,11 @@ class LeanLlamaDecoder:
         # computes each row alone. A burst of 16 short prompts then prefills in one pass (0.36 s against 0.46 s
         # one by one for SmolLM2 at 2 threads); a lone 50-token prompt pays for 14 padded rows.
         self.group_prefill = self.native is not None
-        if self.native is not None and self.native.amx:
-            self.prefill_linear = self.head_linear = self.native.linear
-        elif self.native is not None:
-            self.prefill_linear, self.head_linear = _in_tiles(self.linear, PREFILL_TILE), self.native.rows_alone
-        else:
+        if self.native is None:
             self.prefill_linear = self.head_linear = self.linear
+        else:
+            self.head_linear = self.native.linear
+            self.prefill_linear = self.native.linear if self.native.amx else _in_tiles(self.linear, PREFILL_TILE)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # exactly LlamaRMSNorm: in float32, back to the input dtype, then the weight

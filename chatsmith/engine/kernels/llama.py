@@ -50,17 +50,12 @@ class NativeLlamaStep:
         self.max_rows = kernels.AMX_MAX_ROWS if self.amx else kernels.MAX_ROWS
 
     def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """x (..., K) @ w.T for any number of rows, on the AMX tiles: every row computed on its own (unlike
-        oneDNN's GEMM, whose rows can change with how many there are), so prompts prefill together exactly as
-        they would alone. Only with AMX: the AVX512-BF16 kernel is compute-bound past a few rows."""
+        """x (..., K) @ w.T for any number of rows, every row computed on its own (unlike oneDNN's GEMM, whose rows
+        can change with how many there are), so prompts prefill together exactly as they would alone. With AMX, on
+        the tile-packed copy, for every matmul of a prefill; the AVX512-BF16 GEMV is compute-bound past a few rows,
+        so there it takes only the prefill's last positions onto the vocabulary."""
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        return self._gemv(rows, w, self._by_weight[id(w)]).view(*x.shape[:-1], w.shape[0])
-
-    def rows_alone(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """x (..., K) @ w.T on the AVX512-BF16 GEMV, which computes every row on its own: for the few rows of a
-        prefill's last positions, whose logits must not depend on the group they were prefilled in."""
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        return self._gemv(rows, w, None).view(*x.shape[:-1], w.shape[0])
+        return self._gemv(rows, w, self._by_weight.get(id(w))).view(*x.shape[:-1], w.shape[0])
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, starts: list[int], cache: Any) -> torch.Tensor:
         dec = self.dec
