@@ -22,7 +22,23 @@ ARCHS = ("llama", "gpt_neox", "bloom")
 _USER_CACHE = os.environ.get("CHATSMITH_CACHE")
 
 
+# The suite writes about 3.5 GB under the temporary folder (converted models, checkpoints, GGUF exports) and
+# chatsmith's cache; on a full disk its tests fail one by one, some only at a 900 s timeout (a CI run once spent
+# 90 minutes so). Better one clear line at the start.
+NEEDS_FREE_GB = 5.0
+
+
 def pytest_configure(config):
+    tmp = tempfile.gettempdir()
+    free_gb = shutil.disk_usage(tmp).free / 1e9
+    if free_gb < NEEDS_FREE_GB and not os.environ.get("CHATSMITH_TEST_ANY_DISK"):
+        pytest.exit(f"only {free_gb:.1f} GB free in {tmp}; the tests write about 3.5 GB there and need "
+                    f"{NEEDS_FREE_GB:.0f} GB free: free some space, point TMPDIR at a larger disk, or set "
+                    "CHATSMITH_TEST_ANY_DISK=1 to run anyway", returncode=1)
+    _fresh_cache()
+
+
+def _fresh_cache():
     """Every test (and every CLI subprocess, which inherits the environment) uses a fresh CHATSMITH_CACHE, never the
     user's ~/.cache/chatsmith. Set here rather than in a fixture: modules read the cache at import time too (the
     kernel build). The embedded model is converted into it once per session (about 30 s)."""
@@ -30,7 +46,8 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(os.environ["CHATSMITH_CACHE"], ignore_errors=True)       # ~0.5 GB: the converted model
+    if "CHATSMITH_CACHE" in os.environ:       # not set when pytest_configure stopped the run
+        shutil.rmtree(os.environ["CHATSMITH_CACHE"], ignore_errors=True)   # ~0.5 GB: the converted model
     if _USER_CACHE is None:
         os.environ.pop("CHATSMITH_CACHE", None)
     else:
