@@ -89,10 +89,43 @@ def _selected_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argpar
     return None
 
 
+FULL_BYTES = 64 * 2**20    # a disk with less than this free is taken as the cause of a failed write
+
+
+def _full_disk(e: BaseException, args: argparse.Namespace | None) -> tuple[str, int] | None:
+    """(folder, bytes free) when `e` reads as a failed write on a full disk, else None. Why: torch and
+    safetensors report a full disk as "basic_ios::clear: iostream error" or "unexpected pos ..." (no errno), and
+    a traceback through the Trainer then hides the cause. Looks at the folders the verb writes to (its
+    --output, train's --output-dir), the working folder and the temporary folder."""
+    import errno
+    import shutil
+    import tempfile
+
+    if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT, None):
+        return None
+    # --output on most verbs; train's flags land as set__<config key>
+    folders = [getattr(args, name, None) for name in ("output", "set__output_dir")] + [os.getcwd(),
+                                                                                       tempfile.gettempdir()]
+    for folder in folders:
+        if not isinstance(folder, (str, os.PathLike)):
+            continue
+        path = os.path.abspath(folder)
+        while path and not os.path.exists(path):      # an output folder not made yet: the disk it would be on
+            path = os.path.dirname(path)
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            continue
+        if free < FULL_BYTES:
+            return str(folder), free
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("CHATSMITH_DEBUG"))
     parser = build_parser()
+    args = None
     try:
         target_parser = _selected_parser(parser, argv)
         if target_parser is not None:
@@ -112,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nchatsmith: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as e:
+        full = None if debug else _full_disk(e, args)
+        if full is None:
+            raise
+        print(f"chatsmith: no space left on the disk holding {full[0]} ({full[1] / 2**20:.0f} MB free); what was "
+              f"being written is incomplete: free space and run again ({type(e).__name__}: {str(e)[:200]})",
+              file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
 
