@@ -22,8 +22,11 @@ which servers with a prompt cache then answer without a prefill; --warmup other:
 measured prompt new to the server, so every first token waits for a real prefill). A stream that finishes before
 max_tokens is counted and printed: the lengths are checked, not assumed. Tokens are counted by re-tokenizing what
 each stream returned with the model's tokenizer, so every server is counted the same way.
-Printed per server and client count: total output tok/s, time to first token p50/p99; then EVERY ratio of
-chatsmith's servers to every peer (tok/s, and p99 TTFT), flattering or not. --json FILE writes all of it.
+All servers are started first and stay up; each of --repeats rounds measures every server in turn (the others
+idle), so a drift in the machine's speed falls on all of them alike rather than on whichever ran last.
+Printed per server and client count: total output tok/s (best round, and every round's), time to first token
+p50/p99; then EVERY ratio of chatsmith's servers to every peer (tok/s of the best rounds and of each round, and p99
+TTFT), flattering or not. --json FILE writes all of it.
 """
 
 from __future__ import annotations
@@ -157,7 +160,8 @@ def main() -> int:
                     help="threads for every server (default: all cores)")
     ap.add_argument("--servers", default=",".join(ALL_SERVERS))
     ap.add_argument("--gguf", help="f16 GGUF of --model for the llama.cpp servers (default: exported into a temp dir)")
-    ap.add_argument("--repeats", type=int, default=1, help="measurements per server and client count (best kept)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds per client count, each measuring every server in turn (best kept; each printed)")
     ap.add_argument("--warmup", choices=("same", "other"), default="same",
                     help="same: the warm-up sends the measured prompts, so servers with a prompt cache (llama-server's "
                          "cache_prompt, chatsmith's prompt cache) skip their prefill, as for a regenerated or retried "
@@ -204,8 +208,13 @@ def main() -> int:
                  "-t", threads, "-tb", threads, "-c", str(ctx)], "m", {"ignore_eos": True})
 
     table: dict[str, dict[int, dict]] = {}
+    rounds: dict[str, dict[int, list]] = {}      # every measurement, in order: round r of each server is adjacent
     skipped: dict[str, str] = {}
+    running: dict[str, tuple] = {}               # name -> (process, port, model id, extra request fields)
     try:
+        # Every server is started first and stays up, idle while another is measured; each round then measures
+        # them in turn. Why: this machine's speed drifts by up to a third within minutes, and measuring one server
+        # to the end before starting the next turned that drift into their ratio.
         for name in names:
             if name == "tf-cb" and not tf:
                 skipped[name] = "the `transformers` CLI is not installed"
@@ -220,14 +229,15 @@ def main() -> int:
             port = free_port()
             cmd, model_id, extra = command(name, port)
             try:
-                proc = start(cmd, port, env)
+                running[name] = (start(cmd, port, env), port, model_id, extra)
             except RuntimeError as e:
                 skipped[name] = f"did not start: {str(e)[-300:]}"
                 print(f"{name}: skipped: {skipped[name]}", flush=True)
-                continue
-            try:
-                table[name] = {}
-                for c in counts:
+        for name in running:
+            table[name], rounds[name] = {}, {}
+        for c in counts:
+            for rep in range(args.repeats):
+                for name, (proc, port, model_id, extra) in running.items():
                     def bodies_of(tag: str, c: int = c, model_id: str = model_id, extra: dict = extra) -> list[dict]:
                         # tag "": PROMPTS as they are (16 clients send each twice); a tag names the client too, so
                         # no two bodies share a prompt
@@ -236,33 +246,35 @@ def main() -> int:
                                                                            else "") + PROMPTS[i % len(PROMPTS)]}],
                                  **extra} for i in range(c)]
 
-                    best = None
-                    for rep in range(args.repeats):
-                        # --warmup other: every measured prompt is new to the server (tagged with the repeat and
-                        # the client), so no server can answer it from a prompt cache, not even from another
-                        # client's copy in the same round; same: the warm-up sends the measured prompts
-                        bodies = bodies_of(f"Request {rep + 1}" if args.warmup == "other" else "")
-                        warm = bodies_of(f"Warm-up {rep + 1}") if args.warmup == "other" else None
-                        try:
-                            row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok, warm))
-                        except Exception as e:   # a server that fails under load is a result too
-                            proc.log.seek(0)
-                            tail = proc.log.read()[-800:].strip()
-                            print(f"{name:18s} clients={c:3d}  FAILED: {type(e).__name__}: {str(e)[:200]}\n"
-                                  f"  its log ends: {tail}", flush=True)
-                            continue
-                        best = row if best is None or row["tok_s"] > best["tok_s"] else best
-                    if best is None:
-                        continue
-                    table[name][c] = best
-                    short = f"  {best['short_streams']}/{best['streams']} streams ended before max_tokens" \
-                        if best["short_streams"] else ""
-                    print(f"{name:18s} clients={c:3d}  {best['tok_s']:7.1f} tok/s  TTFT p50 {best['ttft_p50_s']:6.2f}s"
-                          f"  p99 {best['ttft_p99_s']:6.2f}s  ({best['tokens']} tokens in {best['wall_s']:.1f}s)"
-                          f"{short}", flush=True)
-            finally:
-                stop(proc)
+                    # --warmup other: every measured prompt is new to the server (tagged with the client count,
+                    # the repeat and the client), so no server can answer it from a prompt cache, not even from
+                    # another client's copy in the same round; same: the warm-up sends the measured prompts
+                    bodies = bodies_of(f"Request {c}-{rep + 1}" if args.warmup == "other" else "")
+                    warm = bodies_of(f"Warm-up {c}-{rep + 1}") if args.warmup == "other" else None
+                    try:
+                        row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok, warm))
+                    except Exception as e:   # a server that fails under load is a result too
+                        proc.log.seek(0)
+                        tail = proc.log.read()[-800:].strip()
+                        print(f"{name:18s} clients={c:3d}  FAILED: {type(e).__name__}: {str(e)[:200]}\n"
+                              f"  its log ends: {tail}", flush=True)
+                        row = None
+                    rounds[name].setdefault(c, []).append(row)
+            for name in running:
+                done = [r for r in rounds[name][c] if r is not None]
+                if not done:
+                    continue
+                best = table[name][c] = max(done, key=lambda r: r["tok_s"])
+                each = " ".join(f"{r['tok_s']:.0f}" if r else "failed" for r in rounds[name][c])
+                short = f"  {best['short_streams']}/{best['streams']} streams ended before max_tokens" \
+                    if best["short_streams"] else ""
+                print(f"{name:18s} clients={c:3d}  {best['tok_s']:7.1f} tok/s  TTFT p50 {best['ttft_p50_s']:6.2f}s"
+                      f"  p99 {best['ttft_p99_s']:6.2f}s  ({best['tokens']} tokens in {best['wall_s']:.1f}s)"
+                      f"  rounds: {each}"
+                      f"{short}", flush=True)
     finally:
+        for proc, *_ in running.values():
+            stop(proc)
         if not args.gguf:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -271,10 +283,13 @@ def main() -> int:
         for ours in [n for n in OURS if c in table.get(n, {})]:
             for peer in [n for n in table if n not in OURS and c in table[n]]:
                 a, b = table[ours][c], table[peer][c]
+                # each round's ratio too: the two measured minutes apart, not a best of one against another's
+                per_round = [x["tok_s"] / y["tok_s"] for x, y in zip(rounds[ours][c], rounds[peer][c]) if x and y]
                 ratios.append({"clients": c, "ours": ours, "peer": peer, "tok_s_ratio": a["tok_s"] / b["tok_s"],
-                               "ttft_p99_s": [a["ttft_p99_s"], b["ttft_p99_s"]]})
+                               "tok_s_ratio_per_round": per_round, "ttft_p99_s": [a["ttft_p99_s"], b["ttft_p99_s"]]})
                 r = ratios[-1]
-                print(f"clients={c:3d}: {ours} / {peer} = {r['tok_s_ratio']:.2f}x tok/s; TTFT p99 "
+                print(f"clients={c:3d}: {ours} / {peer} = {r['tok_s_ratio']:.2f}x tok/s (per round: "
+                      f"{', '.join(f'{x:.2f}x' for x in per_round)}); TTFT p99 "
                       f"{a['ttft_p99_s']:.2f}s vs {b['ttft_p99_s']:.2f}s "
                       f"({'lower' if a['ttft_p99_s'] < b['ttft_p99_s'] else 'NOT lower'})")
     if args.json:
@@ -282,6 +297,7 @@ def main() -> int:
             "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "clients": counts,
             "warmup": args.warmup,
             "prompts": PROMPTS, "results": {n: {str(c): r for c, r in rows.items()} for n, rows in table.items()},
+            "rounds": {n: {str(c): r for c, r in rows.items()} for n, rows in rounds.items()},
             "ratios": ratios, "skipped": skipped}, indent=2) + "\n")
     return 0
 
