@@ -286,3 +286,40 @@ def test_keep_freed_memory_really_sets_glibcs_thresholds(monkeypatch):
         pytest.skip("the environment sets glibc's thresholds")
     monkeypatch.setattr(malloc, "_done", None)
     assert malloc.keep_freed_memory() is True
+
+
+def test_an_idle_worker_gathers_a_burst_before_prefilling_it(engine, solo, monkeypatch):
+    """Requests a few ms apart, arriving while nothing decodes, join in one prefill (one add_many); the gathering
+    stops when the batch would be full and after BURST_MAX_S. Gaps set wide here so a busy machine cannot split
+    the burst; the shipped ones are a few ms."""
+    import time
+
+    from chatsmith.engine import scheduler
+    from chatsmith.engine.transformers_engine import DecodeBatch
+
+    joins = []
+    real = DecodeBatch.add_many
+    monkeypatch.setattr(DecodeBatch, "add_many", lambda self, items: joins.append(len(items)) or real(self, items))
+    monkeypatch.setattr(scheduler, "BURST_GAP_S", 1.0)
+    monkeypatch.setattr(scheduler, "BURST_MAX_S", 10.0)
+    with Scheduler(engine, max_batch=8) as sched:
+        handles = []
+        for c in PROMPTS[:4]:
+            handles.append(sched.submit(c, P))
+            time.sleep(0.02)
+        assert [h.result().token_ids for h in handles] == [r.token_ids for r in solo[:4]]
+    assert joins == [4]
+    joins.clear()
+    with Scheduler(engine, max_batch=2) as sched:              # room for 2: no wait once 2 are there
+        t0 = time.monotonic()
+        handles = [sched.submit(c, P) for c in PROMPTS[:2]]
+        handles[0].result()
+        assert time.monotonic() - t0 < 5
+    assert joins[0] == 2
+    joins.clear()
+    monkeypatch.setattr(scheduler, "BURST_MAX_S", 0.2)
+    with Scheduler(engine, max_batch=8) as sched:              # a lone request waits BURST_MAX_S at most
+        t0 = time.monotonic()
+        sched.submit(PROMPTS[0], P).result()
+        assert time.monotonic() - t0 < 5
+    assert joins == [1]

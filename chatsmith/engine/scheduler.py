@@ -27,12 +27,18 @@ import collections
 import itertools
 import queue
 import threading
+import time
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 from chatsmith.conversation import Conversation
 from chatsmith.engine.base import Answer, Delta, GenerationResult, SamplingParams
 from chatsmith.engine.malloc import keep_freed_memory
 from chatsmith.errors import ChatsmithError
+
+# an idle worker gathers a burst of requests before prefilling it (Scheduler._gather_burst): it stops at the first
+# quiet gap of BURST_GAP_S, or after BURST_MAX_S; a lone request waits one gap
+BURST_GAP_S = 0.004
+BURST_MAX_S = 0.025
 
 
 class QueueFull(ChatsmithError):
@@ -299,6 +305,8 @@ class Scheduler:
                 if self._stop:
                     return []
                 self._cv.wait()
+            if not self._running:
+                self._gather_burst(room)
             if self._abort:
                 return []
             out: list[RequestHandle] = []
@@ -309,6 +317,22 @@ class Scheduler:
             for h in out:
                 self._running[h.id] = h
             return out
+
+    def _gather_burst(self, room: int) -> None:
+        """An idle worker waits for the rest of a burst before taking it (holding self._cv): until BURST_GAP_S
+        passes with no new request, BURST_MAX_S in all, or `room` are waiting. Why: clients that send together
+        arrive a few ms apart (each is parsed, rendered and tokenized on the event loop); taking the first alone
+        made the others wait for its prefill and then prefill without it. Measured at 16 new prompts: the worker
+        took 1 (or 3), then 15 (or 13), so the last first token came after two prefills (p99 0.53 s, against
+        llama-server's 0.51 s)."""
+        deadline = time.monotonic() + BURST_MAX_S
+        while len(self._waiting) < room and not (self._stop or self._abort):
+            seen, left = len(self._waiting), deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(min(BURST_GAP_S, left))
+            if len(self._waiting) == seen:
+                return
 
     def _finish(self, h: RequestHandle, d: Delta) -> None:
         """Hand one engine delta to its request (as index 0: a handle is one prompt)."""
