@@ -207,6 +207,14 @@ def main() -> int:
         return ([llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "16",
                  "-t", threads, "-tb", threads, "-c", str(ctx)], "m", {"ignore_eos": True})
 
+    def bodies_of(tag: str, c: int, model_id: str, extra: dict) -> list[dict]:
+        """c request bodies. tag "": PROMPTS as they are (16 clients send each twice); a tag names the client too,
+        so no two bodies share a prompt."""
+        return [{"model": model_id, "stream": True, "max_tokens": args.max_tokens, "temperature": 0,
+                 "messages": [{"role": "user", "content": (f"({tag}.{i + 1}.) " if tag else "")
+                               + PROMPTS[i % len(PROMPTS)]}],
+                 **extra} for i in range(c)]
+
     table: dict[str, dict[int, dict]] = {}
     rounds: dict[str, dict[int, list]] = {}      # every measurement, in order: round r of each server is adjacent
     skipped: dict[str, str] = {}
@@ -234,23 +242,15 @@ def main() -> int:
                 skipped[name] = f"did not start: {str(e)[-300:]}"
                 print(f"{name}: skipped: {skipped[name]}", flush=True)
         for name in running:
-            table[name], rounds[name] = {}, {}
+            table[name], rounds[name] = {}, {c: [] for c in counts}
         for c in counts:
             for rep in range(args.repeats):
                 for name, (proc, port, model_id, extra) in running.items():
-                    def bodies_of(tag: str, c: int = c, model_id: str = model_id, extra: dict = extra) -> list[dict]:
-                        # tag "": PROMPTS as they are (16 clients send each twice); a tag names the client too, so
-                        # no two bodies share a prompt
-                        return [{"model": model_id, "stream": True, "max_tokens": args.max_tokens, "temperature": 0,
-                                 "messages": [{"role": "user", "content": (f"({tag}.{i + 1}.) " if tag
-                                                                           else "") + PROMPTS[i % len(PROMPTS)]}],
-                                 **extra} for i in range(c)]
-
                     # --warmup other: every measured prompt is new to the server (tagged with the client count,
                     # the repeat and the client), so no server can answer it from a prompt cache, not even from
                     # another client's copy in the same round; same: the warm-up sends the measured prompts
-                    bodies = bodies_of(f"Request {c}-{rep + 1}" if args.warmup == "other" else "")
-                    warm = bodies_of(f"Warm-up {c}-{rep + 1}") if args.warmup == "other" else None
+                    bodies = bodies_of(f"Request {c}-{rep + 1}" if args.warmup == "other" else "", c, model_id, extra)
+                    warm = bodies_of(f"Warm-up {c}-{rep + 1}", c, model_id, extra) if args.warmup == "other" else None
                     try:
                         row = asyncio.run(load(f"http://127.0.0.1:{port}", bodies, tok, warm))
                     except Exception as e:   # a server that fails under load is a result too
@@ -259,7 +259,7 @@ def main() -> int:
                         print(f"{name:18s} clients={c:3d}  FAILED: {type(e).__name__}: {str(e)[:200]}\n"
                               f"  its log ends: {tail}", flush=True)
                         row = None
-                    rounds[name].setdefault(c, []).append(row)
+                    rounds[name][c].append(row)
             for name in running:
                 done = [r for r in rounds[name][c] if r is not None]
                 if not done:
