@@ -57,3 +57,38 @@ def test_training_attaches_it_to_every_lora_layer(tiny_root):
     drops = [d for m in lora_layers for d in m.lora_dropout.values()]
     assert len(lora_layers) == 2 * 7 and len(drops) == len(lora_layers)      # 2 layers x 7 projections
     assert all(type(d) is LoraDropout and d.p == 0.05 for d in drops)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_output_and_gradient_are_where_keep_x_times_scale_for_the_same_draws(dtype):
+    """The mask built with integer ops selects exactly the elements the 15-bit comparison keeps: output and
+    gradient equal torch.where(words & 0x7fff >= threshold, x, 0) * scale on the same draws (what training
+    computed before the mask was built in place; a changed mask would redraw every trained model)."""
+    drop = LoraDropout(0.05).train()
+    x = torch.randn(37, 129, dtype=dtype, requires_grad=True)
+    torch.manual_seed(3)
+    y = drop(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.manual_seed(3)
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
+    keep = words.bitwise_and(0x7FFF) >= drop.threshold
+    assert 0 < int((~keep).sum()) < n
+    assert torch.equal(y, torch.where(keep, x.detach(), 0).mul_(drop.scale))
+    assert torch.equal(x.grad, torch.where(keep, g, 0).mul_(drop.scale))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("threshold", [1, 1638, 16384, 32767])
+def test_keep_mask_over_every_16_bit_word(dtype, threshold):
+    from chatsmith.train.dropout import _keep_mask
+
+    words = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    want = ((words.int() & 0x7FFF) >= threshold).to(dtype)
+    got = _keep_mask(words.clone(), threshold, dtype)
+    if dtype == torch.float32:                  # a bool mask: 4 bytes an element would stay for the backward
+        assert got.dtype == torch.bool and torch.equal(got.to(dtype), want)
+    else:
+        assert got.dtype == dtype and torch.equal(got, want)
+        assert torch.equal(got.view(torch.int16) & 0x8000, torch.zeros_like(words))    # 0.0 or 1.0, never -0.0
