@@ -9,9 +9,9 @@ automatic prefix caching does it by block.
 Why only whole prompts and not shared prefixes as llama.cpp and vLLM also reuse: a cached prefix's keys and
 values are not bit-identical to those a fresh prefill of the longer prompt computes. torch's CPU attention gives a
 position an output whose last bits depend on the sequence's total length (measured for issue 18 with the flash
-kernel at SmolLM2's shapes: against a 700-token pass, the rows of the last partial block of 16 differ, and rows
-past 192 at some lengths), and every later layer's keys inherit that. A greedy answer would then depend on which
-requests came before it; chatsmith keeps "a request's output does not depend on its neighbours"
+kernel at SmolLM2's shapes, against a 700-token pass: rows of the last partial block of 16 differ, and at some
+lengths past 192 scattered earlier rows), and every later layer's keys inherit that. A greedy answer would then
+depend on which requests came before it; chatsmith keeps "a request's output does not depend on its neighbours"
 (engine/transformers_engine.py).
 
 Memory is bounded: entries are dropped least recently used first once their tensors pass `max_bytes`
