@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nchatsmith: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:       # before OSError, its base class: a reader that went away (`| head`) is fine
+        return 0
     except (OSError, RuntimeError) as e:
         full = None if debug else _full_disk(e, args)
         if full is None:
@@ -153,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
               f"being written is incomplete: free space and run again ({type(e).__name__}: {str(e)[:200]})",
               file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

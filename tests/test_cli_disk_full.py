@@ -55,3 +55,12 @@ def test_enospc_is_reported_and_other_failures_keep_their_traceback(tmp_path, mo
     monkeypatch.setattr(train_run, "run_train", _fails(RuntimeError("basic_ios::clear: iostream error")))
     with pytest.raises(RuntimeError, match="iostream"):
         cli.main(["train", "--model", "smollm2", "--data", str(tmp_path)])
+
+
+def test_a_closed_pipe_still_ends_quietly_even_on_a_full_disk(tmp_path, monkeypatch, capsys):
+    """BrokenPipeError is an OSError: the full-disk handler must not take it (`chatsmith generate ... | head`)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", _disk({}, default=2**20))        # every disk nearly full
+    monkeypatch.setattr(train_run, "run_train", _fails(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert cli.main(["train", "--model", "smollm2", "--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
