@@ -309,8 +309,6 @@ void chatsmith_llama_step_bf16(uint16_t *h, int64_t B, int64_t H, int64_t nh, in
         if (wv)
             for (int i = 0; i < 6; i++) lv[i] = wv[6 * l + i];
         chatsmith_linear_bf16(h, 1, lw[0], eps, lw[1], lv[1], NULL, qkv, B, width, H, threads);
-        /* each row's rotation and cache writes touch only that row's data: rows go to the threads */
-        #pragma omp parallel for schedule(static) num_threads(threads) if (B > 1)
         for (int64_t b = 0; b < B; b++) {
             const uint16_t *cb = cos + b * hd, *sn = sin + b * hd;
             for (int64_t head = 0; head < nqk; head++) {         /* rotate q and k: x*cos + rotate_half(x)*sin */
