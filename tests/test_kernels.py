@@ -175,3 +175,45 @@ def test_amx_tiles_keep_rows_independent():
         assert torch.equal(gemv(x[a:b].contiguous(), w, wv), whole[a:b])
     assert kernels.pack_for_amx(torch.zeros(10, 64, dtype=torch.bfloat16)) is None     # 10 rows do not tile
 
+
+
+def test_four_by_four_blocks_round_and_add_the_residual_as_single_rows_do():
+    """From 4 rows of x the AVX512-BF16 GEMV computes 4 x 4 blocks, reduces their 16 sums together and rounds them
+    as one vector: the same bits as each row alone (one dot product, _mm512_reduce_add_ps, scalar rounding),
+    residual included, with shapes that leave rows of x and of w outside every block, infinities, NaN, denormal
+    products and sums that round to a tie."""
+    gen = torch.Generator().manual_seed(3)
+    linear = bf16_linear()
+    for b, n, k in ((16, 64, 576), (7, 38, 100), (9, 5, 1536), (4, 4, 32)):
+        x = torch.randn(b, k, generator=gen).to(torch.bfloat16)
+        w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+        res = torch.randn(b, n, generator=gen).to(torch.bfloat16)
+        x[0, 1], x[1, 2], w[1, 2] = float("inf"), float("nan"), 1e-39
+        w[2, :] = 2.0 ** -130               # products below fp32's normal range
+        x[3, :], w[3, :] = 1.0, 0.0
+        w[3, 0], w[3, 1] = 1.0, 2.0 ** -8   # 1 + 2^-8: halfway between two bf16 values (ties to even)
+        for residual in (None, res):
+            whole = linear(x, w, residual=residual)
+            for i in range(b):
+                alone = linear(x[i:i + 1].contiguous(), w, residual=None if residual is None else residual[i:i + 1])
+                assert torch.equal(alone.view(torch.int16), whole[i:i + 1].view(torch.int16)), (b, n, k, i)
+        # the sums in place: the residual buffer is the output, as the step adds the o and down projections
+        inplace = res.clone()
+        fn = kernels._load().chatsmith_linear_bf16
+        fn(x.data_ptr(), 0, None, 0.0, w.data_ptr(), None, inplace.data_ptr(), inplace.data_ptr(), b, n, k,
+           torch.get_num_threads())
+        assert torch.equal(inplace.view(torch.int16), linear(x, w, residual=res).view(torch.int16))
+    # The order of the 16 lanes' sums, made visible: lane j of a 32-wide chunk holds w[2j] (x is 1, w[2j+1] 0);
+    # four lanes hold +-2^40, which swallows a small lane's value when the two meet first, so a row's result says
+    # which lanes were added to which (random bits show an order change only once in ~10^4 rounded results).
+    x = torch.ones(16, 32, dtype=torch.bfloat16)
+    w = torch.zeros(64, 32)
+    for i in range(64):
+        lanes = torch.randn(16, generator=gen)
+        big = torch.randperm(16, generator=gen)[:4]
+        lanes[big] = torch.tensor([1.0, 1.0, -1.0, -1.0]) * 2.0 ** 40
+        w[i, 0::2] = lanes
+    w = w.to(torch.bfloat16)
+    whole = linear(x, w)
+    assert len(set(whole[0].tolist())) > 1 and torch.equal(whole, whole[:1].expand(16, -1))   # the 16 x rows alike
+    assert torch.equal(linear(x[:1].contiguous(), w).view(torch.int16), whole[:1].view(torch.int16))

@@ -7,17 +7,22 @@
  * streaming. This kernel reads the weight rows in order, one row at a time, from memory straight into AVX512-BF16
  * dot products (vdpbf16ps, fp32 accumulators), and applies each row to every row of x while it is in L1.
  *
- * Why one weight row at a time: each thread then reads one sequential stream. Measured on an AMD EPYC (Zen 4), 2
- * threads, the embedded model's 30 layers and head: 29-30 GB/s at batch 1 (the machine's streaming read rate)
- * against 21 GB/s when blocks of 4 rows were read side by side (4 streams per thread), which made a batch-1 step
- * 1.4x slower. Past 4 rows of x the step is compute-bound, so x rows go in passes of 8 (then 4, then 1) over the
- * row, each pass's accumulators in registers, with a software prefetch 8 rows ahead; at 1-4 rows every pass is a
- * single row (a lone 4-row pass measured 1.5x slower there). Whole greedy decodes of the embedded model on that
- * machine, alternating with the 4-row blocks: 97 against 53 tok/s at batch 1, 340 against 279 at 8 rows, the same
- * at 16 (368 against 374, within its noise); the tokens identical, as every output's sum is the same.
+ * How: at batch 1 the step is memory-bound, and each thread reads one sequential stream: it walks the weight rows
+ * in order, one row at a time (measured on an AMD EPYC (Zen 4), 2 threads, the embedded model's 30 layers and head:
+ * 29-30 GB/s, the machine's streaming read rate, against 21 GB/s for blocks of 4 rows read side by side without
+ * prefetch, which made a batch-1 step 1.4x slower). From 4 rows of x the step is compute-bound, so rows of w and x
+ * go in blocks of 4 x 4: 16 dot products in registers, 8 loads per 16 vdpbf16ps, and their 16 sums reduced together
+ * (reduce16: 15 vector adds and 30 shuffles, where 16 separate _mm512_reduce_add_ps took about 8 uops each: with
+ * K = 576 that reduction and the scalar rounding cost as much as the products), rounded to bf16 as one vector.
+ * The 4 weight rows of the block 4 blocks ahead are prefetched into L2 (_MM_HINT_T1) while the first 4 x rows
+ * pass: prefetching into L1 instead (T0) evicts the x rows, and without a prefetch the 4 streams stall. Measured
+ * on that machine, every linear layer of a decode step of the embedded model (2 threads, medians of 7): 16 rows
+ * 17.0 ms against 25.9 ms for passes of 8 x rows over one weight row (1.52x), 12 rows 14.2 against 22.3, 8 rows
+ * 12.2 against 17.8, 4 rows 10.9 against 12.5; in L2 (one 768 x 576 weight) 305 against 187 GFLOP/s at 16 rows.
  *
  * Determinism: every output element is one fixed-order dot product (16 fp32 lanes over k, then the fixed
- * reduction tree of _mm512_reduce_add_ps, then round-to-nearest-even to bf16), whatever B, how rows are grouped,
+ * reduction tree of _mm512_reduce_add_ps, which reduce16 reproduces, then round-to-nearest-even to bf16), whatever
+ * B, how rows are grouped,
  * the thread count or which thread computes it. So a row's result does not depend on its batch mates: batched
  * greedy decoding equals batch-1 decoding exactly.
  */
@@ -26,7 +31,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define PREFETCH_ROWS 8   /* how far ahead, in weight rows, a batch of 8 rows or more prefetches */
+#define PREFETCH_BLOCKS 4   /* how far ahead, in 4-row blocks of w, a 4 x 4 block prefetches into L2 */
 
 static inline uint16_t to_bf16(float f) {
     union { float f; uint32_t u; } v = { f };
@@ -40,47 +45,116 @@ static inline float bf16_to_f(uint16_t h) {
     return v.f;
 }
 
-/* NX rows of x (a compile-time constant at each use, so the accumulators live in registers) against weight row n */
-#define PASS(NX)                                                                                                  \
-    do {                                                                                                          \
-        __m512 acc[NX];                                                                                           \
-        for (int j = 0; j < NX; j++) acc[j] = _mm512_setzero_ps();                                                \
-        for (int64_t i = 0; i < full; i++) {                                                                      \
-            if (prefetch) _mm_prefetch((const char *)(wr + PREFETCH_ROWS * K + i * 32), _MM_HINT_T0);            \
-            const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + i * 32);                                        \
-            for (int j = 0; j < NX; j++)                                                                          \
-                acc[j] = _mm512_dpbf16_ps(acc[j], wv, (__m512bh)_mm512_loadu_si512(x + (b + j) * K + i * 32));    \
-        }                                                                                                         \
-        if (rest) {                                                                                               \
-            const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail, wr + full * 32);                         \
-            for (int j = 0; j < NX; j++)                                                                          \
-                acc[j] = _mm512_dpbf16_ps(acc[j], wv,                                                             \
-                                          (__m512bh)_mm512_maskz_loadu_epi16(tail, x + (b + j) * K + full * 32)); \
-        }                                                                                                         \
-        for (int j = 0; j < NX; j++) {                                                                            \
-            const int64_t at = (b + j) * N + n;                                                                   \
-            const uint16_t out = to_bf16(_mm512_reduce_add_ps(acc[j]));                                           \
-            y[at] = residual ? to_bf16(bf16_to_f(residual[at]) + bf16_to_f(out)) : out;                          \
-        }                                                                                                         \
-        prefetch = 0;                                                                                             \
-    } while (0)
+/* to_bf16 of 16 floats at once, the same integer steps (vcvtneps2bf16 would flush denormals): bf16 in the low half
+ * of each 32-bit lane */
+static inline __m512i to_bf16_x16(__m512 f) {
+    const __m512i u = _mm512_castps_si512(f);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+}
+
+static inline __m512 bf16_x16_to_f(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* The sums of 16 accumulators in one vector: lane 4a + c holds the sum of v[4c + a], added in the pairing that
+ * _mm512_reduce_add_ps uses (lanes i and i+8, then i and i+4, then i and i+2, then i and i+1; an addition's two
+ * operands can swap without changing a bit), so the result equals 16 calls of it to the bit. */
+static inline __attribute__((always_inline)) __m512 reduce16(const __m512 *v) {
+    __m512 u[8], p[4], q[2];
+    for (int m = 0; m < 8; m++)
+        u[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xEE));
+    for (int m = 0; m < 4; m++)
+        p[m] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], 0xDD));
+    for (int m = 0; m < 2; m++)
+        q[m] = _mm512_add_ps(_mm512_shuffle_ps(p[2 * m], p[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(p[2 * m], p[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_ps(q[0], q[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(q[0], q[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* y[b, n] for one row of x against one row of w: batch 1, and the rows that do not fill a 4 x 4 block */
+static inline void dot_row(const uint16_t *xr, const uint16_t *wr, const uint16_t *residual, uint16_t *y,
+                           int64_t at, int64_t full, int64_t rest, __mmask32 tail) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < full; i++)
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(wr + i * 32),
+                               (__m512bh)_mm512_loadu_si512(xr + i * 32));
+    if (rest)
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(tail, wr + full * 32),
+                               (__m512bh)_mm512_maskz_loadu_epi16(tail, xr + full * 32));
+    const uint16_t out = to_bf16(_mm512_reduce_add_ps(acc));
+    y[at] = residual ? to_bf16(bf16_to_f(residual[at]) + bf16_to_f(out)) : out;
+}
+
+/* y[b..b+3, n..n+3] from x rows b..b+3 and w rows n..n+3 (w0); ahead (or NULL): 4 rows of w to prefetch.
+ * Always inlined, as reduce16: as a call, its accumulators went through the stack and its entry zeroed 1 KiB with
+ * rep stos, which cost a quarter of the gain at 16 rows. */
+static inline __attribute__((always_inline)) void block_4x4(
+        const uint16_t *x, const uint16_t *w0, const uint16_t *residual, uint16_t *y, int64_t b, int64_t n, int64_t N,
+        int64_t K, int64_t full, int64_t rest, __mmask32 tail, const uint16_t *ahead) {
+    __m512 acc[16];   /* acc[4r + j]: w row n + r against x row b + j; after reduce16 at lane 4j + r */
+    for (int a = 0; a < 16; a++) acc[a] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < full; i++) {
+        if (ahead)
+            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(ahead + r * K + i * 32), _MM_HINT_T1);
+        __m512bh xv[4];
+        for (int j = 0; j < 4; j++) xv[j] = (__m512bh)_mm512_loadu_si512(x + (b + j) * K + i * 32);
+        for (int r = 0; r < 4; r++) {
+            const __m512bh wv = (__m512bh)_mm512_loadu_si512(w0 + r * K + i * 32);
+            for (int j = 0; j < 4; j++) acc[4 * r + j] = _mm512_dpbf16_ps(acc[4 * r + j], wv, xv[j]);
+        }
+    }
+    if (rest) {
+        __m512bh xv[4];
+        for (int j = 0; j < 4; j++) xv[j] = (__m512bh)_mm512_maskz_loadu_epi16(tail, x + (b + j) * K + full * 32);
+        for (int r = 0; r < 4; r++) {
+            const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail, w0 + r * K + full * 32);
+            for (int j = 0; j < 4; j++) acc[4 * r + j] = _mm512_dpbf16_ps(acc[4 * r + j], wv, xv[j]);
+        }
+    }
+    __m512i out = to_bf16_x16(reduce16(acc));   /* lanes 4j .. 4j+3: y[b + j, n .. n+3] */
+    if (residual) {
+        __m128i rr[4];
+        for (int j = 0; j < 4; j++) rr[j] = _mm_loadl_epi64((const __m128i *)(residual + (b + j) * N + n));
+        const __m256i r16 = _mm256_set_m128i(_mm_unpacklo_epi64(rr[2], rr[3]), _mm_unpacklo_epi64(rr[0], rr[1]));
+        out = to_bf16_x16(_mm512_add_ps(bf16_x16_to_f(r16), _mm512_castsi512_ps(_mm512_slli_epi32(out, 16))));
+    }
+    const __m256i o16 = _mm512_cvtepi32_epi16(out);
+    const __m128i lo = _mm256_castsi256_si128(o16), hi = _mm256_extracti128_si256(o16, 1);
+    _mm_storel_epi64((__m128i *)(y + b * N + n), lo);
+    _mm_storeh_pd((double *)(y + (b + 1) * N + n), _mm_castsi128_pd(lo));
+    _mm_storel_epi64((__m128i *)(y + (b + 2) * N + n), hi);
+    _mm_storeh_pd((double *)(y + (b + 3) * N + n), _mm_castsi128_pd(hi));
+}
 
 /* y = x @ w.T (+ residual, rounded as torch rounds `residual + linear(x)` in bf16). threads: torch.get_num_threads()
- * of the caller (OpenMP's own default is per calling thread, torch's is global). */
+ * of the caller (OpenMP's own default is per calling thread, torch's is global). Residual may be y itself: each
+ * element is read, then written, by the one block that owns it. */
 static void gemv_avx512(const uint16_t *x, const uint16_t *w, const uint16_t *residual, uint16_t *y, int64_t B,
                         int64_t N, int64_t K, int threads) {
     const int64_t full = K / 32, rest = K % 32;
     const __mmask32 tail = rest ? (__mmask32)((1ull << rest) - 1) : 0;
+    const int64_t blocks = (N + 3) / 4;
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; n++) {
-        const uint16_t *wr = w + n * K;
-        int prefetch = B >= 8 && n + PREFETCH_ROWS < N;   /* only the first pass over a row (a hint: never faults) */
+    for (int64_t nb = 0; nb < blocks; nb++) {
+        const int64_t n = 4 * nb, rows = N - n < 4 ? N - n : 4;
+        const uint16_t *w0 = w + n * K;
         int64_t b = 0;
-        if (B > 4) {
-            for (; b + 8 <= B; b += 8) PASS(8);
-            for (; b + 4 <= B; b += 4) PASS(4);
-        }
-        for (; b < B; b++) PASS(1);
+        if (rows == 4)
+            for (; b + 4 <= B; b += 4) {
+                const int ahead = b == 0 && n + 4 * (PREFETCH_BLOCKS + 1) <= N;   /* a hint: never faults */
+                block_4x4(x, w0, residual, y, b, n, N, K, full, rest, tail,
+                          ahead ? w0 + 4 * PREFETCH_BLOCKS * K : NULL);
+            }
+        for (int64_t r = 0; r < rows; r++)        /* one weight row at a time: one sequential stream at batch 1 */
+            for (int64_t bb = b; bb < B; bb++)
+                dot_row(x + bb * K, w0 + r * K, residual, y, bb * N + n + r, full, rest, tail);
     }
 }
 
