@@ -4,8 +4,8 @@
  *
  * Why not torch: at a handful of rows, torch's CPU bf16 kernels (oneDNN, at::mv) stream the weights at about half
  * the memory bandwidth (they convert, pack or tile for large GEMMs), and a decode step is nothing but weight
- * streaming. This kernel reads the weight rows in order, one row at a time, from memory straight into AVX512-BF16
- * dot products (vdpbf16ps, fp32 accumulators), and applies each row to every row of x while it is in L1.
+ * streaming. This kernel reads the weight rows in order from memory straight into AVX512-BF16 dot products
+ * (vdpbf16ps, fp32 accumulators), and applies each row to every row of x while it is in L1.
  *
  * How: at batch 1 the step is memory-bound, and each thread reads one sequential stream: it walks the weight rows
  * in order, one row at a time (measured on an AMD EPYC (Zen 4), 2 threads, the embedded model's 30 layers and head:
@@ -15,16 +15,16 @@
  * (reduce16: 15 vector adds and 30 shuffles, where 16 separate _mm512_reduce_add_ps took about 8 uops each: with
  * K = 576 that reduction and the scalar rounding cost as much as the products), rounded to bf16 as one vector.
  * The 4 weight rows of the block 4 blocks ahead are prefetched into L2 (_MM_HINT_T1) while the first 4 x rows
- * pass: prefetching into L1 instead (T0) evicts the x rows, and without a prefetch the 4 streams stall. Measured
- * on that machine, every linear layer of a decode step of the embedded model (2 threads, medians of 7): 16 rows
- * 17.0 ms against 25.9 ms for passes of 8 x rows over one weight row (1.52x), 12 rows 14.2 against 22.3, 8 rows
- * 12.2 against 17.8, 4 rows 10.9 against 12.5; in L2 (one 768 x 576 weight) 305 against 187 GFLOP/s at 16 rows.
+ * pass. Measured on that machine, every linear layer of a decode step of the embedded model (2 threads, medians
+ * of 7): 16 rows 17.0 ms against 25.9 ms for the previous passes of 8 x rows over one weight row (1.52x; the
+ * blocks prefetching 2 blocks ahead into L1 (T0) instead: 23.8 ms, perhaps evicting the x rows; no prefetch:
+ * 28.6 ms), 12 rows 14.2 against 22.3, 8 rows 12.2 against 17.8, 4 rows 10.9 against 12.5; in L2 (one 768 x 576
+ * weight) 305 against 187 GFLOP/s at 16 rows.
  *
  * Determinism: every output element is one fixed-order dot product (16 fp32 lanes over k, then the fixed
  * reduction tree of _mm512_reduce_add_ps, which reduce16 reproduces, then round-to-nearest-even to bf16), whatever
- * B, how rows are grouped,
- * the thread count or which thread computes it. So a row's result does not depend on its batch mates: batched
- * greedy decoding equals batch-1 decoding exactly.
+ * B, how rows are grouped, the thread count or which thread computes it. So a row's result does not depend on its
+ * batch mates: batched greedy decoding equals batch-1 decoding exactly.
  */
 #include <immintrin.h>
 #include <math.h>
