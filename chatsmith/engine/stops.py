@@ -19,9 +19,33 @@ class StopTextStream:
         self.ids: list[int] = []
         self.released = 0          # chars of decoded text already handed out
         self.stopped = False
+        self._text = ""            # decode(ids[:self._read]), built a piece at a time
+        self._prefix = self._read = 0
 
-    def _decode(self) -> str:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    def _piece(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _decode(self, final: bool = False) -> str:
+        """The whole answer's text so far, as decode(ids) gives it, without decoding every id at every token.
+
+        Decoding all ids at each token cost O(length) per token: 0.7 ms per row per step at 2,000 tokens with
+        SmolLM2's tokenizer, as much as a third of a 16-row step. So, as vLLM's detokenize_incrementally and TGI's
+        decode_token do, only a window is decoded: from the start of the previous piece (`_prefix`), so that a
+        SentencePiece decoder strips the same leading space from both decodes and the window's text past the
+        previous piece's is exactly what the new ids add. The window only moves on where its text does not end
+        in U+FFFD, the mark of a UTF-8 character split between tokens, so every window starts on a character
+        boundary. `final`: the ids past the last boundary too (flush), their incomplete character dropped."""
+        prefix = self._piece(self.ids[self._prefix:self._read])
+        window = self._piece(self.ids[self._prefix:])
+        if not window.startswith(prefix):   # a decoder that rewrites earlier text for later ids: decode them all
+            self._text, self._prefix, self._read = "", 0, 0
+            prefix, window = "", self._piece(self.ids)
+        if len(window) > len(prefix) and not window.endswith("\ufffd"):
+            self._text += window[len(prefix):]
+            self._prefix, self._read = self._read, len(self.ids)
+            text = self._text
+        else:    # nothing complete yet: the text so far (add waits), or at the end, all but the split character
+            text = self._text + (window[len(prefix):].rstrip("\ufffd") if final else "")
         # a SentencePiece decoder already drops the first space; a byte-level BPE one keeps it
         return text[len(self.lead):] if self.lead and text.startswith(self.lead) else text
 
@@ -50,7 +74,7 @@ class StopTextStream:
         """The rest at the end of generation (a partial stop-string prefix is real text after all)."""
         if self.stopped:
             return ""
-        text = self._decode().rstrip("\ufffd")
+        text = self._decode(final=True)
         out = text[self.released:]
         self.released = len(text)
         return out
