@@ -56,11 +56,20 @@ def test_the_text_at_every_token_is_the_whole_decode(tok):
 
 
 class WholeDecode(StopTextStream):
-    """The reference: every id decoded again at every token, as StopTextStream did before it decoded a window."""
+    """The reference: every id decoded again at every token, as StopTextStream did before it decoded a window;
+    while that text ends in a split character (U+FFFD), the text before that token, as `add` then waited."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.waited = ""
 
     def _decode(self, final: bool = False) -> str:
         text = full_text(self.tokenizer, self.ids, self.lead)
-        return text.rstrip("\ufffd") if final else text
+        if final:
+            return text.rstrip("\ufffd")
+        if not text.endswith("\ufffd"):
+            self.waited = text
+        return self.waited
 
 
 def streamed(machine: StopMachine, ids: list[int]) -> tuple[list[str], str | None]:

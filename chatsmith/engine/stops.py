@@ -54,9 +54,7 @@ class StopTextStream:
         if self.stopped:
             return ""
         self.ids.append(token_id)
-        text = self._decode()
-        if text.endswith("\ufffd"):   # an incomplete UTF-8 sequence: wait for the next token
-            return ""
+        text = self._decode()    # never ends in a split character: _decode waits for the token completing it
         cut = min((k for k in (text.find(s, max(0, self.released - len(s))) for s in self.stops) if k >= 0),
                   default=-1)
         if cut >= 0:
