@@ -176,7 +176,6 @@ def test_amx_tiles_keep_rows_independent():
     assert kernels.pack_for_amx(torch.zeros(10, 64, dtype=torch.bfloat16)) is None     # 10 rows do not tile
 
 
-
 def test_four_by_four_blocks_round_and_add_the_residual_as_single_rows_do():
     """From 4 rows of x the AVX512-BF16 GEMV computes 4 x 4 blocks, reduces their 16 sums together and rounds them
     as one vector: the same bits as each row alone (one dot product, _mm512_reduce_add_ps, scalar rounding),

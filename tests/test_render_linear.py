@@ -50,18 +50,14 @@ def render_seconds(template, tok, small, large, rounds: int = 5) -> tuple[float,
     """The best of `rounds` CPU-time measurements of each conversation (process_time: other processes on a busy
     machine do not count), taken in turns, small then large, so that a slow spell of the machine (frequency, a
     neighbour's use of the memory bus) falls on both sides instead of on one."""
-    best_small = best_large = float("inf")
+    best = [float("inf"), float("inf")]
     for _ in range(rounds):
-        for conv in (small, large):
+        for i, conv in enumerate((small, large)):
             gc.collect()
             start = time.process_time()
             template.render(conv, tok, add_generation_prompt=True)
-            took = time.process_time() - start
-            if conv is small:
-                best_small = min(best_small, took)
-            else:
-                best_large = min(best_large, took)
-    return best_small, best_large
+            best[i] = min(best[i], time.process_time() - start)
+    return best[0], best[1]
 
 
 def templates(tok):
@@ -74,9 +70,10 @@ def templates(tok):
 
 def test_ten_times_the_messages_take_about_ten_times_as_long(tok):
     # A ratio of two timings measured here, in turns, rather than a time limit: the machine's speed cancels out.
-    # Linear work gives ~10x (less where fixed costs weigh in; CI has seen 16x from noise alone, when the
-    # small case ran from cache); the old prefix-by-prefix `hf` gave ~100x. 25x leaves room for that noise and
-    # still fails on any renderer whose quadratic part costs over twice its linear part at 3,001 messages.
+    # Linear work gives ~10x (less where fixed costs weigh in; CI has seen 16.4x from noise alone, when the three
+    # small runs all came before the three large ones); the old prefix-by-prefix `hf` gave ~100x. 25x leaves room
+    # for that noise and still fails on any renderer whose quadratic part costs over twice its linear part at 3,001
+    # messages.
     small, large = conversation(301), conversation(3001)
     for name, template, t in templates(tok):
         short, long = render_seconds(template, t, small, large)
