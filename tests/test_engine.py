@@ -308,6 +308,74 @@ def test_kv_buffers_regrow_without_changing_a_token(tiny_llama, monkeypatch):
     assert sum(len(t) for t in want) > 40
 
 
+def test_kv_cache_views_are_made_when_read_and_an_assignment_detaches_the_layer(tiny_llama):
+    """After decode steps a layer's keys and values are the buffer's first columns, as many as were decoded, made
+    when read; assigning either (DecodeBatch joining or dropping rows) makes the layer a plain DynamicLayer holding
+    what it was given, and the next reserve builds new buffers from it."""
+    from transformers.cache_utils import DynamicLayer
+
+    from chatsmith.engine import kvcache
+
+    eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    ids = eng.prompt_ids(PROMPTS[1])
+    with torch.inference_mode():
+        (logits, cache), = eng.lean.prefill([ids])
+        plain_keys = [la.keys.clone() for la in cache.layers]
+        n = len(ids)
+        for t in range(5):
+            eng.lean.step(torch.tensor([[7 + t]]), torch.tensor([[n + t]]), [0], cache)
+        bufs, col = kvcache.reserve(cache)
+        assert col == n + 5
+        for la, (kb, vb), before in zip(cache.layers, bufs, plain_keys):
+            assert type(la) is not DynamicLayer and isinstance(la, DynamicLayer)
+            assert la.keys.shape[-2] == la.values.shape[-2] == n + 5 == la.get_seq_length()
+            assert la.keys.data_ptr() == kb.data_ptr() and la.values.data_ptr() == vb.data_ptr()
+            assert torch.equal(la.keys[:, :, :n], before)
+        first = cache.layers[0]
+        kept_values = first.values
+        first.keys = first.keys[:, :, 2:]
+        assert type(first) is DynamicLayer and first.keys.shape[-2] == n + 3
+        assert first.values is kept_values and first.values.shape[-2] == n + 5
+        assert not any(name.startswith("_cs_") for name in vars(first))
+        first.keys, first.values = first.keys[:, :, :n], first.values[:, :, :n]
+        for la in cache.layers[1:]:
+            la.keys, la.values = la.keys[:, :, :n], la.values[:, :, :n]
+        new_bufs, col = kvcache.reserve(cache)
+        assert col == n and new_bufs[0][0].data_ptr() != bufs[0][0].data_ptr()
+        assert torch.equal(cache.layers[1].keys, plain_keys[1]) and type(cache.layers[1]) is not DynamicLayer
+
+
+def test_argmax_matches_torch_on_ties_nans_and_infinities():
+    from chatsmith.engine.transformers_engine import _argmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (64, 4099), generator=g).float()          # many ties: the first index wins
+    x[5, 7] = x[9, 4000] = float("nan")                                # a NaN counts as the largest
+    x[11] = float("-inf")
+    x[12, 100:] = float("inf")
+    assert torch.equal(_argmax(x), x.argmax(-1))
+    assert torch.equal(_argmax(x[:1]), x[:1].argmax(-1)) and _argmax(x).dtype == torch.long
+
+
+def test_rotary_table_equals_the_module_per_step_and_is_not_used_for_dynamic_rope(tiny_llama, monkeypatch):
+    from chatsmith.engine.kernels import llama as native
+
+    native_kernels(False, monkeypatch)
+    monkeypatch.setattr(native, "ROTARY_TABLE_START", 16)
+    eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    step = eng.lean.native
+    h = torch.zeros(3, eng.model.config.hidden_size, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for positions in ([[0], [5], [15]], [[3], [40], [16]], [[1000], [2], [999]]):   # past 16: the table grows
+            pos = torch.tensor(positions)
+            got = step._rotary(h, pos)
+            want = eng.lean.rotary(h.unsqueeze(1), pos)
+            assert all(torch.equal(g, w.reshape(3, -1)) for g, w in zip(got, want))
+        assert step._rot_table[0].shape[0] == 1001
+        monkeypatch.setattr(eng.lean.rotary, "rope_type", "dynamic")
+        assert step._build_rot_table(h, 16) is None
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "bloom"])
 def test_a_repeated_prompt_skips_its_prefill_and_answers_bit_identically(engines, arch, monkeypatch):
     from chatsmith.engine.prompt_cache import PromptCache

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from chatsmith.engine.kvcache import reserve
+from chatsmith.engine.kvcache import advance, reserve
 
 
 PREFILL_TILE = 64     # rows per oneDNN call in a grouped prefill (the GEMM is near its peak rate from here)
@@ -176,13 +176,13 @@ class LeanLlamaDecoder:
 
         nqk = nh + nkv
         bufs, col = reserve(cache)
-        for (ln1, qkv_w, o_w, ln2, gu_w, down_w), cl, (kb, vb) in zip(self.layers, cache.layers, bufs):
+        for (ln1, qkv_w, o_w, ln2, gu_w, down_w), (kb, vb) in zip(self.layers, bufs):
             qkv = self.linear(self._rms(h, ln1), qkv_w)
             # q and k heads rotate in one pass (the same elementwise math as rotating each)
             qk = self._rotate(qkv[..., :nqk * hd].view(b, 1, nqk, hd).transpose(1, 2), cos, sin)
             kb[:, :, col:col + 1] = qk[:, nh:]
             vb[:, :, col:col + 1] = qkv[..., nqk * hd:].view(b, 1, nkv, hd).transpose(1, 2)
-            cl.keys, cl.values = keys, values = kb[:, :, :col + 1], vb[:, :, :col + 1]
+            keys, values = kb[:, :, :col + 1], vb[:, :, :col + 1]
             if self.attend_kernel is not None:
                 o = self.attend_kernel(qk[:, :nh].reshape(b, nh, hd).contiguous(), keys, values, starts,
                                        hd ** -0.5).view(b, 1, nh * hd)
@@ -191,6 +191,7 @@ class LeanLlamaDecoder:
             h = h + self.linear(o, o_w)
             gate, up = self.linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
             h = h + self.linear(F.silu(gate) * up, down_w)
+        advance(cache)
         return self.linear(self._rms(h, self.norm), self.lm_head)[:, -1, :]
 
 

@@ -359,6 +359,17 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=-2)
 
 
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's first index of its largest value (a NaN counting as largest), as torch.argmax gives it. On a CPU,
+    numpy's: torch's CPU argmax over a 49,152-token vocabulary took 55 us a row (0.64 ms a step at 16 rows) against
+    numpy's 5 us (issue 18); tests/test_engine.py checks ties and NaNs against torch's."""
+    if logits.device.type != "cpu":
+        return logits.argmax(-1)
+    import numpy as np
+
+    return torch.from_numpy(np.argmax(logits.numpy(), -1))
+
+
 def _sample(logits: torch.Tensor, rows: Sequence[_Row], seen: torch.Tensor | None) -> list[int]:
     """Next token per row, in one vectorized pass over (rows, vocab) float32 logits; syncs once (tolist)."""
     device = logits.device
@@ -370,7 +381,7 @@ def _sample(logits: torch.Tensor, rows: Sequence[_Row], seen: torch.Tensor | Non
         logits = torch.where(seen, penalized, logits)
     greedy = [p.greedy for p in params]
     if all(greedy):
-        return logits.argmax(-1).tolist()
+        return _argmax(logits).tolist()
     temps = torch.tensor([1.0 if p.greedy else p.temperature for p in params], dtype=logits.dtype, device=device)
     scaled = logits / temps.unsqueeze(1)
     u = torch.stack([torch.rand((), generator=r.gen, device=device) if r.gen is not None
@@ -392,5 +403,5 @@ def _sample(logits: torch.Tensor, rows: Sequence[_Row], seen: torch.Tensor | Non
         sampled = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1).squeeze(1)
     if any(greedy):
         mask = torch.tensor(greedy, device=device)
-        sampled = torch.where(mask, logits.argmax(-1), sampled)
+        sampled = torch.where(mask, _argmax(logits), sampled)
     return sampled.tolist()
