@@ -29,12 +29,15 @@ def _in_tiles(linear: Any, rows: int) -> Any:
     shape however many rows there are in all."""
 
     def tiled(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
         n = flat.shape[0]
-        if n % rows:
-            flat = torch.cat([flat, flat.new_zeros(rows - n % rows, flat.shape[1])])
-        out = torch.cat([linear(flat[i:i + rows].unsqueeze(0), w)[0] for i in range(0, flat.shape[0], rows)])
-        return out[:n].view(*x.shape[:-1], w.shape[0])
+        full = n - n % rows
+        outs = [linear(flat[i:i + rows].unsqueeze(0), w)[0] for i in range(0, full, rows)]
+        if full < n:     # only the last block is copied to be padded
+            last = torch.cat([flat[full:], flat.new_zeros(rows - (n - full), flat.shape[1])])
+            outs.append(linear(last.unsqueeze(0), w)[0][:n - full])
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return out.view(*x.shape[:-1], w.shape[0])
 
     return tiled
 
