@@ -323,3 +323,31 @@ def test_an_idle_worker_gathers_a_burst_before_prefilling_it(engine, solo, monke
         sched.submit(PROMPTS[0], P).result()
         assert time.monotonic() - t0 < 5
     assert joins == [1]
+
+
+def test_a_decode_step_wakes_each_event_loop_once(engine, solo, monkeypatch):
+    """The deltas of one step reach their asyncio consumers with one call_soon_threadsafe per loop, not one per
+    request (each call writes to the loop's wake-up pipe); every consumer still gets all of its answer."""
+    from chatsmith.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "BURST_GAP_S", 1.0)    # the three requests join together
+    sched = Scheduler(engine, max_batch=8)
+    calls = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+        handles = [sched.submit(PROMPTS[i], P) for i in range(3)]
+
+        async def collect(h):
+            return [d async for d in h.aiter()]
+
+        return await asyncio.gather(*(collect(h) for h in handles))
+
+    outs = asyncio.run(main())
+    sched.shutdown()
+    assert ["".join(d.text for d in deltas) for deltas in outs] == [r.text for r in solo[:3]]
+    deltas = sum(len(d) for d in outs)
+    assert deltas >= 3 * P.max_new_tokens
+    assert len(calls) <= sched.steps + 1, (len(calls), sched.steps, deltas)   # the steps, and the join's first tokens

@@ -72,7 +72,9 @@ class RequestHandle:
         self._waker: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     # -- producer side (the worker thread) ------------------------------------------------------
-    def _push(self, d: Delta) -> None:
+    def _push(self, d: Delta, wakes: dict | None = None) -> None:
+        """Queue `d` and wake an asyncio consumer; with `wakes`, only note the consumer's event there, by its loop,
+        for `wake_all` to set once per loop after a whole decode step has been handed out."""
         self.started = True
         if d.token_id is not None:
             self.completion_tokens += 1
@@ -81,12 +83,12 @@ class RequestHandle:
         with self._lock:
             self._q.put(d)
             waker = self._waker
-        if waker is not None:
-            loop, event = waker
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:   # the consumer's loop is closed: nobody is listening any more
-                pass
+        if waker is None:
+            return
+        if wakes is not None:
+            wakes.setdefault(waker[0], []).append(waker[1])
+        else:
+            wake_all({waker[0]: [waker[1]]})
 
     # -- consumer side --------------------------------------------------------------------------
     @property
@@ -144,6 +146,21 @@ class RequestHandle:
         for d in self:
             answer.add(d)
         return answer.result(self.prompt_tokens)
+
+
+def wake_all(wakes: dict) -> None:
+    """Set the noted events, with one call_soon_threadsafe per event loop: at 16 rows a step's 16 calls (each one
+    a write to the loop's wake-up pipe) cost 0.7 ms of a 24 ms step here, and woke the loop up to 16 times."""
+    for loop, events in wakes.items():
+        try:
+            loop.call_soon_threadsafe(_set_each, events)
+        except RuntimeError:   # the consumer's loop is closed: nobody is listening any more
+            pass
+
+
+def _set_each(events: list) -> None:
+    for e in events:
+        e.set()
 
 
 class Scheduler:
@@ -334,9 +351,9 @@ class Scheduler:
             if len(self._waiting) == seen:
                 return
 
-    def _finish(self, h: RequestHandle, d: Delta) -> None:
-        """Hand one engine delta to its request (as index 0: a handle is one prompt)."""
-        h._push(d if d.index == 0 else Delta(0, d.text, d.token_id, d.finish_reason))
+    def _finish(self, h: RequestHandle, d: Delta, wakes: dict | None = None) -> None:
+        """Hand one engine delta to its request (as index 0: a handle is one prompt); `wakes`: see _push."""
+        h._push(d if d.index == 0 else Delta(0, d.text, d.token_id, d.finish_reason), wakes)
         if d.finish_reason:
             with self._cv:
                 self._running.pop(h.id, None)
@@ -404,10 +421,12 @@ class Scheduler:
         self.max_rows_seen = max(self.max_rows_seen, len(batch))
         events = batch.step()
         self.steps += 1
+        wakes: dict = {}
         for d in events:
             h = self._running.get(d.index)
             if h is not None:
-                self._finish(h, d)
+                self._finish(h, d, wakes)
+        wake_all(wakes)
         return True
 
     def _join(self, batch: Any, handles: list[RequestHandle]) -> None:
@@ -439,8 +458,10 @@ class Scheduler:
                 self._finish(rest[0], Delta(0, "", None, f"error: {_reason(e)}"))
             return
         by_id = {h.id: h for h in live}
+        wakes: dict = {}
         for d in events:
-            self._finish(by_id[d.index], d)
+            self._finish(by_id[d.index], d, wakes)
+        wake_all(wakes)
 
     def _run_dynamic(self) -> None:
         while True:
