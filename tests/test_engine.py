@@ -296,6 +296,37 @@ def test_prompts_prefilled_together_get_the_caches_and_logits_of_a_prefill_alone
     assert passes == [len(ids)] and [e.token_id for e in events] == [int(la.argmax()) for la, _ in alone]
 
 
+def test_prefill_rows_are_whole_only_where_that_gives_the_blocks_bits():
+    """_in_tiles compares a whole call with blocks of `rows` the first time a shape comes: equal, later calls are
+    whole (one call); a GEMM whose rows change with the row count keeps the blocks, so results never depend on it."""
+    from chatsmith.engine.lean_llama import _in_tiles
+
+    w = torch.randint(-3, 4, (5, 6)).float()
+    x = torch.randint(-3, 4, (1, 10, 6)).float()              # 10 rows: blocks of 4, the last one padded
+    want = x @ w.T
+    calls = []
+
+    def exact(a, b):                                          # small integers: every row exact at any count
+        calls.append(a.shape[1])
+        return a @ b.T
+
+    lin = _in_tiles(exact, 4)
+    assert torch.equal(lin(x, w), want) and calls == [12, 4, 4, 4]    # first time: the whole call and the blocks
+    calls.clear()
+    assert torch.equal(lin(x, w), want) and calls == [12]
+    assert list(lin.whole_ok.values()) == [True]
+
+    def drifting(a, b):                                       # rows that change with how many there are
+        calls.append(a.shape[1])
+        return a @ b.T + (a.shape[1] > 4)
+
+    lin = _in_tiles(drifting, 4)
+    calls.clear()
+    assert torch.equal(lin(x, w), want) and torch.equal(lin(x, w), want)
+    assert calls == [12, 4, 4, 4, 4, 4, 4] and list(lin.whole_ok.values()) == [False]
+    assert torch.equal(lin(x[:, :3], w), want[:, :3])         # one block: nothing to compare
+
+
 def test_kv_buffers_regrow_without_changing_a_token(tiny_llama, monkeypatch):
     """The cache buffers grow CACHE_GROWTH columns at a time; growing every 3 tokens decodes the same tokens."""
     from chatsmith.engine import kvcache

@@ -25,20 +25,38 @@ PREFILL_TILE = 64     # rows per oneDNN call in a grouped prefill (the GEMM is n
 
 
 def _in_tiles(linear: Any, rows: int) -> Any:
-    """`linear` called on blocks of exactly `rows` rows (the last one zero-padded), so each call has the same
-    shape however many rows there are in all."""
+    """`linear` on the rows zero-padded to a multiple of `rows`, giving every row what a call on a block of exactly
+    `rows` rows gives it, so a prompt's result does not depend on the prompts it is prefilled with.
+
+    Blocks of `rows` guarantee that (every call has one shape) but cost 10-25% of the GEMM rate against one call
+    over all the rows (oneDNN bf16 at 2 threads, SmolLM2's shapes, 896 rows, measured for issue 18). So the first
+    time a (weight shape, row count, thread count) comes, the whole call is made and compared with the blocks;
+    where it gives every row the same bits, later calls of that kind are whole, else always in blocks. The sums'
+    order is the kernel's choice for a shape, not the data's, so one comparison holds for every later call."""
+    whole_ok: dict[tuple, bool] = {}
+
+    def blocks(flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.cat([linear(flat[i:i + rows].unsqueeze(0), w)[0] for i in range(0, flat.shape[0], rows)])
 
     def tiled(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        flat = x.reshape(-1, x.shape[-1])
         n = flat.shape[0]
-        full = n - n % rows
-        outs = [linear(flat[i:i + rows].unsqueeze(0), w)[0] for i in range(0, full, rows)]
-        if full < n:     # only the last block is copied to be padded
-            last = torch.cat([flat[full:], flat.new_zeros(rows - (n - full), flat.shape[1])])
-            outs.append(linear(last.unsqueeze(0), w)[0][:n - full])
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        return out.view(*x.shape[:-1], w.shape[0])
+        if n % rows:
+            flat = torch.cat([flat, flat.new_zeros(rows - n % rows, flat.shape[1])])
+        flat = flat.contiguous()
+        key = (tuple(w.shape), w.dtype, flat.shape[0], torch.get_num_threads())
+        ok = whole_ok.get(key) if flat.shape[0] > rows else True
+        if ok is False:
+            out = blocks(flat, w)
+        else:
+            out = linear(flat.unsqueeze(0), w)[0]
+            if ok is None:
+                split = blocks(flat, w)
+                whole_ok[key] = torch.equal(out, split)
+                out = split
+        return out[:n].view(*x.shape[:-1], w.shape[0])
 
+    tiled.whole_ok = whole_ok          # type: ignore[attr-defined]  (tests/test_engine.py reads it)
     return tiled
 
 
@@ -92,10 +110,11 @@ class LeanLlamaDecoder:
         # Prompts are prefilled together only where every matmul treats rows independently, so that a prompt's
         # cache and first token do not depend on which prompts shared its pass. The AMX kernel does. oneDNN's and
         # MKL's GEMMs need not (measured once: a prompt's cache changed with its group at 1 thread), so with the
-        # AVX512-BF16 kernel the prefill calls oneDNN on fixed blocks of PREFILL_TILE rows, zero-padded: every
-        # call has one shape whatever the group, and the last positions' logits go through the native GEMV, which
-        # computes each row alone. A burst of 16 short prompts then prefills in one pass (0.36 s against 0.46 s
-        # one by one for SmolLM2 at 2 threads); a lone 50-token prompt pays for 14 padded rows.
+        # AVX512-BF16 kernel the prefill calls oneDNN as on fixed blocks of PREFILL_TILE rows, zero-padded (in one
+        # call where that is checked to give the same bits, `_in_tiles`), and the last positions' logits go through
+        # the native GEMV, which computes each row alone. A burst of 16 short prompts then prefills in one pass
+        # (0.36 s against 0.46 s one by one for SmolLM2 at 2 threads); a lone 50-token prompt pays for 14 padded
+        # rows.
         self.group_prefill = self.native is not None
         if self.native is None:
             self.prefill_linear = self.head_linear = self.linear
