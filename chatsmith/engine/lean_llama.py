@@ -163,7 +163,7 @@ class LeanLlamaDecoder:
             v = qkv[..., nqk * hd:].view(1, n, nkv, hd).transpose(1, 2)
             outs = []
             for (a, b), cache in zip(bounds, caches):
-                keys, values = cache.update(qk[:, nh:, a:b].contiguous(), v[:, :, a:b].contiguous(), i)
+                keys, values = cache.update(qk[:, nh:, a:b], v[:, :, a:b], i)   # update copies them
                 outs.append(F.scaled_dot_product_attention(qk[:, :nh, a:b].contiguous(), keys, values,
                                                            is_causal=b - a > 1, enable_gqa=nkv != nh))
             o = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
