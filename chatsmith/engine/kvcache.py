@@ -21,13 +21,12 @@ CACHE_GROWTH = 256    # KV columns added per reallocation
 
 
 class _Columns:
-    """What a cache's buffered layers share: their buffers, the columns in use, the columns there is room for, and
-    whether every layer still reads from its buffer (assigning a layer's keys or values clears it)."""
+    """What a cache's buffered layers share: their buffers, the columns in use, the columns there is room for."""
 
-    __slots__ = ("bufs", "n", "room", "intact")
+    __slots__ = ("bufs", "n", "room")
 
     def __init__(self, bufs: list[tuple[torch.Tensor, torch.Tensor]], n: int):
-        self.bufs, self.n, self.room, self.intact = bufs, n, bufs[0][0].shape[-2], True
+        self.bufs, self.n, self.room = bufs, n, bufs[0][0].shape[-2]
 
 
 _BUFFERED: dict[type, type] = {}
@@ -51,7 +50,6 @@ def _buffered(base: type) -> type:
     def detach(self: Any) -> None:
         keys, values = views(self)
         d = self.__dict__
-        d["_cs_cols"].intact = False
         for name in ("_cs_cols", "_cs_buf", "_cs_n", "_cs_views"):
             del d[name]
         self.__class__ = base
@@ -75,7 +73,8 @@ def reserve(cache: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
     """Every layer's (keys, values) buffer, all of one shape, with room for one more column; and that column.
     Whenever the batch reshaped the cache (a row joined or left: new tensors), the buffers are rebuilt."""
     cols = getattr(cache, "_chatsmith_columns", None)
-    if cols is not None and cols.intact and cols.n < cols.room:
+    if cols is not None and cols.n < cols.room and len(cols.bufs) == len(cache.layers) \
+            and all(layer.__dict__.get("_cs_cols") is cols for layer in cache.layers):   # none detached or replaced
         return cols.bufs, cols.n
     n = cache.layers[0].keys.shape[-2]
     bufs = []
