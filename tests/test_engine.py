@@ -376,10 +376,10 @@ def test_kv_cache_views_are_made_when_read_and_an_assignment_detaches_the_layer(
         assert torch.equal(cache.layers[1].keys, plain_keys[1]) and type(cache.layers[1]) is not DynamicLayer
         assert kvcache.reserve(cache)[0] is new_bufs                     # nothing changed: the same buffers
         replaced = DynamicLayer()                                        # a layer swapped in the list, not assigned
-        replaced.lazy_initialization(cache.layers[3].keys, cache.layers[3].values)
-        replaced.keys, replaced.values = cache.layers[3].keys.clone(), cache.layers[3].values.clone()
-        cache.layers[3] = replaced
-        assert kvcache.reserve(cache)[0] is not new_bufs and type(cache.layers[3]) is not DynamicLayer
+        replaced.lazy_initialization(cache.layers[-1].keys, cache.layers[-1].values)
+        replaced.keys, replaced.values = cache.layers[-1].keys.clone(), cache.layers[-1].values.clone()
+        cache.layers[-1] = replaced
+        assert kvcache.reserve(cache)[0] is not new_bufs and type(cache.layers[-1]) is not DynamicLayer
 
 
 def test_argmax_matches_torch_on_ties_nans_and_infinities():
