@@ -150,3 +150,19 @@ def test_packed_sdpa_output_and_gradients_equal_the_block_diagonal_mask(dtype, a
     torch.testing.assert_close(got.float(), want, **tol)
     for a, b in zip(grads_got, grads_want):
         torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_causal_biases_are_kept_within_their_byte_bound(monkeypatch):
+    from chatsmith.train import packing
+
+    monkeypatch.setattr(packing, "_BIASES", {})
+    monkeypatch.setattr(packing, "BIAS_CACHE_BYTES", 3 * 16 * 16 * 4 * 3)       # three (3 x 16, 16) fp32 biases
+    for n in (16, 16, 16):
+        packing._causal_bias(n, 3, torch.float32, torch.device("cpu"))
+    for n in (14, 15, 16, 13, 12):
+        b = packing._causal_bias(n, 3, torch.float32, torch.device("cpu"))
+        assert b.shape == (1, 3 * n, n) and torch.equal(b[0, n:2 * n] == 0, torch.ones(n, n, dtype=torch.bool).tril())
+    assert sum(b.numel() * b.element_size() for b in packing._BIASES.values()) <= packing.BIAS_CACHE_BYTES
+    assert [k[0] for k in packing._BIASES] == [14, 15, 13, 12]                   # the most recently made that fit
+    big = packing._causal_bias(40, 3, torch.float32, torch.device("cpu"))       # over the bound: made, not kept
+    assert big.shape == (1, 120, 40) and 40 not in [k[0] for k in packing._BIASES]

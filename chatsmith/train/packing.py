@@ -142,7 +142,9 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     on_cpu = query.device.type == "cpu" and not dropout
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     rows = []
-    # autocast would cast the inputs of each matmul again; they already are in the dtype training computes in
+    # autocast would cast the inputs of each matmul again; they already are in the dtype training computes in.
+    # Splitting rather than slicing per sample makes the backward one concatenation, not a zero-filled full-size
+    # gradient per slice.
     with torch.autocast(query.device.type, enabled=False):
         for b, (q, k, v) in enumerate(zip(query.unbind(0), key.to(query.dtype).unbind(0),
                                           value.to(query.dtype).unbind(0))):
@@ -176,18 +178,23 @@ def grouped_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return torch.bmm(torch.softmax(scores, -1), v).view(heads, n, d)
 
 
+BIAS_CACHE_BYTES = 64 * 2**20    # causal biases kept for reuse (the demo's sample lengths need about 30 MB)
 _BIASES: dict[tuple, torch.Tensor] = {}
 
 
 def _causal_bias(n: int, groups: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(1, groups x n, n): 0 where a position may attend, -inf above the diagonal; the last 64 kept."""
+    """(1, groups x n, n): 0 where a position may attend, -inf above the diagonal. The most recently made ones
+    are kept, up to BIAS_CACHE_BYTES; one larger than that (a 4,096-token sample: 100 MB in bf16) is made per call,
+    a pass over memory the size of that key head's scores."""
     key = (n, groups, dtype, device)
     bias = _BIASES.get(key)
     if bias is None:
-        if len(_BIASES) >= 64:
-            _BIASES.pop(next(iter(_BIASES)))
         bias = torch.full((n, n), float("-inf"), dtype=dtype, device=device).triu(1).repeat(groups, 1)[None]
-        _BIASES[key] = bias
+        size = bias.numel() * bias.element_size()
+        if size <= BIAS_CACHE_BYTES:
+            while _BIASES and size + sum(b.numel() * b.element_size() for b in _BIASES.values()) > BIAS_CACHE_BYTES:
+                _BIASES.pop(next(iter(_BIASES)))
+            _BIASES[key] = bias
     return bias
 
 
