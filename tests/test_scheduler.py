@@ -71,18 +71,26 @@ def test_concurrent_clients_get_their_solo_greedy_answers(engine, solo, monkeypa
     assert sched.active() == 0
 
 
-def test_async_iteration_matches_blocking(engine, solo):
-    sched = Scheduler(engine, max_batch=8)
+def async_clients(sched: Scheduler, n: int, on_loop=None) -> list[list]:
+    """PROMPTS[:n] submitted from one asyncio loop, each request's deltas collected with aiter; `on_loop(loop)`
+    runs on the loop first."""
 
     async def main():
-        handles = [sched.submit(PROMPTS[i], P) for i in range(3)]
+        if on_loop is not None:
+            on_loop(asyncio.get_running_loop())
+        handles = [sched.submit(PROMPTS[i], P) for i in range(n)]
 
         async def collect(h):
             return [d async for d in h.aiter()]
 
         return await asyncio.gather(*(collect(h) for h in handles))
 
-    outs = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_async_iteration_matches_blocking(engine, solo):
+    sched = Scheduler(engine, max_batch=8)
+    outs = async_clients(sched, 3)
     sched.shutdown()
     for i, deltas in enumerate(outs):
         assert "".join(d.text for d in deltas) == solo[i].text
@@ -334,18 +342,11 @@ def test_a_decode_step_wakes_each_event_loop_once(engine, solo, monkeypatch):
     sched = Scheduler(engine, max_batch=8)
     calls = []
 
-    async def main():
-        loop = asyncio.get_running_loop()
+    def count_wakes(loop):
         real = loop.call_soon_threadsafe
         loop.call_soon_threadsafe = lambda *a, **k: calls.append(a[0]) or real(*a, **k)
-        handles = [sched.submit(PROMPTS[i], P) for i in range(3)]
 
-        async def collect(h):
-            return [d async for d in h.aiter()]
-
-        return await asyncio.gather(*(collect(h) for h in handles))
-
-    outs = asyncio.run(main())
+    outs = async_clients(sched, 3, count_wakes)
     sched.shutdown()
     assert ["".join(d.text for d in deltas) for deltas in outs] == [r.text for r in solo[:3]]
     deltas = sum(len(d) for d in outs)
