@@ -93,14 +93,11 @@ class NativeLlamaStep:
         pos = positions.view(-1)
         return self._rot_table[0].index_select(0, pos), self._rot_table[1].index_select(0, pos)
 
+    @torch.no_grad()
     def _build_rot_table(self, h: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         kind = getattr(self.dec.rotary, "rope_type", None)
         if not isinstance(kind, str) or "dynamic" in kind or kind == "longrope":   # frequencies move with length
             return None
-        with torch.no_grad():
-            return self._rot_table_checked(h, n)
-
-    def _rot_table_checked(self, h: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         cos, sin = self.dec.rotary(h[:1].unsqueeze(1), torch.arange(n).unsqueeze(0))
         probe = torch.tensor([[0], [1], [n // 3], [n - 1]])
         pc, ps = self.dec.rotary(h[:1].expand(4, -1).unsqueeze(1), probe)
