@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatsmith.train.dropout import LoraDropout
+from chatsmith.train.dropout import LoraDropout, drop_positions
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -18,7 +18,7 @@ def test_mask_keeps_each_element_with_probability_1_minus_p_and_scales_it(p, dty
     kept = y != 0
     assert y.dtype == dtype and y.shape == x.shape
     assert abs(kept.float().mean().item() - (1 - p)) < 4 * (p * (1 - p) / x.numel()) ** 0.5 + 1e-4
-    # every position of the tensor is drawn independently: rows, columns and the three words of a draw alike
+    # every position of the tensor is drawn independently: rows and columns alike
     for share in (kept[:, 0::3].float().mean(), kept[:, 1::3].float().mean(), kept[:, 2::3].float().mean(),
                   kept[:500].float().mean(), kept[500:].float().mean()):
         assert abs(share.item() - (1 - p)) < 0.01
@@ -60,35 +60,59 @@ def test_training_attaches_it_to_every_lora_layer(tiny_root):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_output_and_gradient_are_where_keep_x_times_scale_for_the_same_draws(dtype):
-    """The mask built with integer ops selects exactly the elements the 15-bit comparison keeps: output and
-    gradient equal torch.where(words & 0x7fff >= threshold, x, 0) * scale on the same draws (what training
-    computed before the mask was built in place; a changed mask would redraw every trained model)."""
+@pytest.mark.parametrize("transposed", [False, True])
+def test_output_and_gradient_are_x_times_scale_with_the_drawn_positions_zeroed(dtype, transposed):
+    """The dropped elements are exactly drop_positions' on the same draws, in the row-major order of x's shape
+    whatever its strides; every other element is x * scale, rounded once, and the gradient likewise."""
     drop = LoraDropout(0.05).train()
-    x = torch.randn(37, 129, dtype=dtype, requires_grad=True)
+    base = torch.randn(129, 37, dtype=dtype)
+    x = (base.t() if transposed else base.reshape(37, 129)).requires_grad_()
     torch.manual_seed(3)
     y = drop(x)
     g = torch.randn_like(y)
     y.backward(g)
     torch.manual_seed(3)
     n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
-    keep = words.bitwise_and(0x7FFF) >= drop.threshold
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[drop_positions(n, 0.05)] = False
+    keep = keep.view(x.shape)
     assert 0 < int((~keep).sum()) < n
-    assert torch.equal(y, torch.where(keep, x.detach(), 0).mul_(drop.scale))
-    assert torch.equal(x.grad, torch.where(keep, g, 0).mul_(drop.scale))
+    assert torch.equal(y, torch.where(keep, x.detach().mul(drop.scale), 0))
+    assert torch.equal(x.grad, torch.where(keep, g.mul(drop.scale), 0))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("threshold", [1, 1638, 16384, 32767])
-def test_keep_mask_over_every_16_bit_word(dtype, threshold):
-    from chatsmith.train.dropout import _keep_mask
+@pytest.mark.parametrize("p", [0.001, 0.05, 0.5, 0.9])
+@pytest.mark.parametrize("margin", [6.0, -3.0])
+def test_drop_positions_are_a_bernoulli_draw_per_position(p, margin):
+    """Sorted, distinct and inside [0, n); each position dropped with probability p, the first one and the last
+    one too; gaps geometric (a gap of 1 has probability p). A negative margin draws too few gaps at first, so the
+    draw continues from the last dropped position, maybe several times."""
+    torch.manual_seed(0)
+    n, rounds = 20_011, 60
+    hits = torch.zeros(n)
+    gap_one = gaps = 0
+    for _ in range(rounds):
+        pos = drop_positions(n, p, margin)
+        assert pos.dtype == torch.int64 and int(pos.min()) >= 0 and int(pos.max()) < n
+        d = pos.diff()
+        assert bool((d > 0).all())
+        hits[pos] += 1
+        gap_one, gaps = gap_one + int((d == 1).sum()), gaps + d.numel()
+    sd = (p * (1 - p) / (n * rounds)) ** 0.5
+    assert abs(hits.mean().item() / rounds - p) < 5 * sd
+    for part in (hits[:100], hits[-100:], hits[0::3], hits[1::3], hits[2::3]):
+        assert abs(part.mean().item() / rounds - p) < 5 * (p * (1 - p) / (part.numel() * rounds)) ** 0.5
+    assert abs(gap_one / gaps - p) < 5 * (p * (1 - p) / gaps) ** 0.5
 
-    words = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
-    want = ((words.int() & 0x7FFF) >= threshold).to(dtype)
-    got = _keep_mask(words.clone(), threshold, dtype)
-    if dtype == torch.float32:                  # a bool mask: 4 bytes an element would stay for the backward
-        assert got.dtype == torch.bool and torch.equal(got.to(dtype), want)
-    else:
-        assert got.dtype == dtype and torch.equal(got, want)
-        assert torch.equal(got.view(torch.int16) & 0x8000, torch.zeros_like(words))    # 0.0 or 1.0, never -0.0
+
+@pytest.mark.parametrize("margin", [6.0, -3.0])
+def test_first_and_last_positions_drop_with_probability_p(margin):
+    torch.manual_seed(0)
+    n, p, draws = 16, 0.3, 4000
+    first = last = 0
+    for _ in range(draws):
+        pos = drop_positions(n, p, margin).tolist()
+        first += 0 in pos
+        last += n - 1 in pos
+    sd = (p * (1 - p) / draws) ** 0.5
+    assert abs(first / draws - p) < 5 * sd and abs(last / draws - p) < 5 * sd
