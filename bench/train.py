@@ -7,7 +7,11 @@ TrainingArguments; ours: `precision: bf16`). Ours runs with 4 packed rows of 512
 tokens of the baseline's padded step, to compare memory). Each run is its own process (so each peak RSS is its
 own), times about the same number of tokens, and leaves its first `--warmup` steps untimed.
 
-    python bench/train.py [--steps 6] [--warmup 1] [--threads 2] [--model smollm2] [--json FILE]
+    python bench/train.py [--steps 6] [--warmup 1] [--threads 2] [--model smollm2] [--repeats 1] [--json FILE]
+
+With --repeats N, N rounds each run every selected configuration in turn (a round's runs are adjacent in time, so
+a machine whose speed drifts between minutes moves both sides of a ratio alike); each round's figures and ratios
+are printed, and the median round's are reported (ratios: the median of the per-round ratios).
 
 Prints non-padding tokens/s and peak RSS of each, every ratio (ours/baseline at bf16, at fp32, and across), the
 physical limit (FLOPs per trained token against the measured bf16/fp32 matmul rate at the model's shapes) with
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -254,6 +259,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, on both sides")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--only", nargs="+", choices=[*RUNS, "loss", "limits"], help="run only these parts")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds, each running every selected configuration in "
+                    "turn (the median round's figures are reported, and every round's ratios)")
     ap.add_argument("--json", help="also write the results here as JSON")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -276,17 +283,29 @@ def main() -> None:
         print("RESULT " + json.dumps(fn()))
         return
     results: dict = {"args": {k: v for k, v in vars(a).items() if not k.startswith("_")}}
+    names = a.only or [*RUNS, "loss", "limits"]
+    timed = [n for n in names if n in RUNS]
+    rounds: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in a.only or [*RUNS, "loss", "limits"]:
-            t0 = time.time()
-            p = subprocess.run([sys.executable, __file__, "--_child", name, "--steps", str(a.steps), "--warmup",
-                                str(a.warmup), "--threads", str(a.threads), "--model", a.model,
-                                "--_out", str(Path(tmp) / name)], capture_output=True, text=True, check=False)
-            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-            if p.returncode or not line:
-                sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
-            results[name] = json.loads(line[-1][7:])
-            print(f"{name:13s} {json.dumps(results[name])}  ({time.time() - t0:.0f}s wall)", flush=True)
+        for r in range(a.repeats):
+            rounds.append({})
+            for name in timed if r else names:        # the loss and the limits once, in the first round
+                t0 = time.time()
+                p = subprocess.run([sys.executable, __file__, "--_child", name, "--steps", str(a.steps), "--warmup",
+                                    str(a.warmup), "--threads", str(a.threads), "--model", a.model,
+                                    "--_out", str(Path(tmp) / f"{name}-{r}")], capture_output=True, text=True,
+                                   check=False)
+                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+                if p.returncode or not line:
+                    sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
+                rounds[r][name] = json.loads(line[-1][7:])
+                print(f"round {r + 1} {name:13s} {json.dumps(rounds[r][name])}  ({time.time() - t0:.0f}s wall)",
+                      flush=True)
+    results.update({k: v for k, v in rounds[0].items() if k not in RUNS})
+    for name in timed:                                # the median round's run (the lower middle of an even count)
+        runs = sorted((x[name] for x in rounds), key=lambda x: x["tokens_per_s"])
+        results[name] = runs[(len(runs) - 1) // 2]
+    results["rounds"] = [{k: v for k, v in x.items() if k in RUNS} for x in rounds]
     report(results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -300,7 +319,9 @@ def report(r: dict) -> None:
         for k in runs:
             print(f"  {k:14s} {r[k]['tokens_per_s']:7.1f} tok/s, {r[k]['tokens'] / r[k]['cpu_seconds']:7.1f} tokens "
                   f"per CPU second  ({r[k]['peak_rss_mb']} MB; {r[k]['real_tokens_per_step']} / "
-                  f"{r[k]['tensor_tokens_per_step']} tokens per step)")
+                  f"{r[k]['tensor_tokens_per_step']} tokens per step)" + (
+                      "; rounds: " + " ".join(f"{x[k]['tokens_per_s']:.1f}" for x in r["rounds"])
+                      if len(r.get("rounds", [])) > 1 else ""))
     pairs = [("ours_bf16", "baseline_bf16", "equal precision bf16 (target >= 3x)"),
              ("ours_fp32", "baseline_fp32", "equal precision fp32"),
              ("ours_bf16", "baseline_fp32", "ours bf16 vs baseline fp32 (unequal precision)"),
@@ -309,13 +330,18 @@ def report(r: dict) -> None:
              ("ours_fp32_1row", "baseline_fp32", "fp32, about equal tokens per step (memory: no more)"),
              ("ours_bf16", "ours_fp32", "ours: bf16 vs fp32"),
              ("baseline_bf16", "baseline_fp32", "baseline: bf16 vs fp32")]
-    ratios = {}
+    ratios, per_round = {}, {}
+    rounds = r.get("rounds") or [{k: r[k] for k in runs}]
     for x, y, what in pairs:
         if x in r and y in r:
-            ratios[f"{x}/{y}"] = tps = r[x]["tokens_per_s"] / r[y]["tokens_per_s"]
+            each = sorted(rd[x]["tokens_per_s"] / rd[y]["tokens_per_s"] for rd in rounds)
+            ratios[f"{x}/{y}"] = tps = statistics.median(each)
+            per_round[f"{x}/{y}"] = [round(v, 3) for v in each]
             mem = r[x]["peak_rss_mb"] / r[y]["peak_rss_mb"]
-            print(f"  {x}/{y}: {tps:.2f}x tokens/s, {mem:.2f}x peak RSS  [{what}]")
+            spread = f" (rounds: {', '.join(f'{v:.2f}x' for v in each)})" if len(each) > 1 else ""
+            print(f"  {x}/{y}: {tps:.2f}x tokens/s{spread}, {mem:.2f}x peak RSS  [{what}]")
     r["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    r["ratios_per_round"] = per_round
     if "limits" in r:
         lim = r["limits"]
         rate = lim["matmul_flops_per_s"]
