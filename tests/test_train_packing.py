@@ -124,12 +124,16 @@ def test_bloom_falls_back_to_padding(tiny_root):
     assert not supports_packing(model)
 
 
+@pytest.mark.parametrize("bucket", [4, 32])
 @pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
-def test_packed_sdpa_output_and_gradients_equal_the_block_diagonal_mask(dtype, autocast):
+def test_packed_sdpa_output_and_gradients_equal_the_block_diagonal_mask(dtype, autocast, bucket, monkeypatch):
     """packed_sdpa against sdpa over the whole row with the block-diagonal causal mask, forward and backward, with
-    grouped query heads, in the dtypes training uses (bf16 goes through fp32 inside; autocast must not undo it)."""
+    grouped query heads, in the dtypes training uses (autocast must not undo them), with the samples padded to 32
+    (one bucket) and to multiples of 4 (four buckets: 8, 12, 4, 16)."""
+    from chatsmith.train import packing
     from chatsmith.train.packing import packed_sdpa
 
+    monkeypatch.setattr(packing, "BUCKET_TOKENS", bucket)
     torch.manual_seed(0)
     lengths = [[5, 9, 2], [16]]                      # two packed rows of 16 positions
     pos = torch.tensor([[p for n in row for p in range(n)] for row in lengths])

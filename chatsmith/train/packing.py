@@ -139,43 +139,89 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     width = query.shape[2]
-    on_cpu = query.device.type == "cpu" and not dropout
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     rows = []
     # autocast would cast the inputs of each matmul again; they already are in the dtype training computes in.
-    # Splitting rather than slicing per sample makes the backward one concatenation, not a zero-filled full-size
-    # gradient per slice.
     with torch.autocast(query.device.type, enabled=False):
+        if query.device.type == "cpu" and not dropout:
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            return bucketed_causal_attention(query, key.to(query.dtype), value.to(query.dtype), position_ids,
+                                             scale), None
+        # Splitting rather than slicing per sample makes the backward one concatenation, not a zero-filled
+        # full-size gradient per slice.
         for b, (q, k, v) in enumerate(zip(query.unbind(0), key.to(query.dtype).unbind(0),
                                           value.to(query.dtype).unbind(0))):
             pos = position_ids[b if position_ids.shape[0] > 1 else 0]
             starts = torch.nonzero(pos == 0).flatten().tolist()
             bounds = ([0] if not starts or starts[0] else []) + starts + [width]
             lengths = [e - s for s, e in zip(bounds, bounds[1:])]
-            samples = zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1))
-            if on_cpu:
-                rows.append(torch.cat([grouped_causal_attention(qs, ks, vs, scale) for qs, ks, vs in samples], 1))
-            else:
-                rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
-                    qs, ks, vs, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=q.shape[0] != k.shape[0])
-                    for qs, ks, vs in samples], 1))
+            rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
+                qs, ks, vs, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=q.shape[0] != k.shape[0])
+                for qs, ks, vs in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1))], 1))
     return torch.stack(rows, 0).transpose(1, 2).contiguous(), None
 
 
-def grouped_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention of one sample: q (heads, n, d), k and v (kv_heads, n, d), query heads grouped by key head
-    as transformers' repeat_kv groups them. Why not torch's sdpa on a CPU: with grouped heads and gradients it
-    takes the unfused math path (keys and values repeated per head, a fresh causal mask, a NaN-safe softmax)
-    and its fused CPU kernel's backward is slower still. Here each key head's query heads are stacked into one
-    (groups x n, n) score matrix: one baddbmm adds the cached causal bias, one softmax, one bmm, all in the
-    training's compute dtype (bf16 under autocast, as sdpa runs there on a GPU). Measured for issue 18 on the
-    demo's packed rows: the attention's fwd+bwd 13.2 ms a row-layer (sdpa in fp32) against 5.7 (bf16 here), a
-    training step 13% less CPU time."""
-    heads, n, d = q.shape
-    groups = heads // k.shape[0]
-    scores = torch.baddbmm(_causal_bias(n, groups, q.dtype, q.device), q.reshape(k.shape[0], groups * n, d),
-                           k.transpose(1, 2), alpha=scale)
-    return torch.bmm(torch.softmax(scores, -1), v).view(heads, n, d)
+BUCKET_TOKENS = 32     # samples are right-padded to a multiple of this and attended together by padded length
+
+
+def bucketed_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              position_ids: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention inside each packed sample: query (batch, heads, width, d), key and value (batch, kv_heads,
+    width, d); returns (batch, width, heads, d). Query heads are grouped by key head as transformers' repeat_kv
+    groups them.
+
+    Why our own: with grouped heads and gradients, torch's CPU sdpa takes the unfused math path (keys and values
+    repeated per head, a fresh causal mask, a NaN-safe softmax) and its fused CPU kernel's backward is slower
+    still. Here the samples of the whole batch are right-padded to a multiple of BUCKET_TOKENS and gathered, per
+    padded length, into one batch; each key head's query heads are stacked into one (groups x L, L) score matrix:
+    one baddbmm adds the cached causal bias, one softmax, one bmm, in the training's compute dtype (bf16 under
+    autocast, as sdpa runs on a GPU), then one gather puts the real positions back. The causal bias alone keeps
+    the padding out: a padded key comes after every real query of its sample. Measured for issue 18: a step's
+    attention 13.2 ms a row-layer as fp32 sdpa, 5.7 as bf16 matmuls per sample; grouped by padded length (40
+    samples of ~50 tokens in a 4 x 512 batch become ~10 calls, not 40) about a tenth less again."""
+    batch, heads, width, d = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    buckets, inverse = _bucket_plan(position_ids, batch, width)
+    q = query.transpose(1, 2).reshape(batch * width, heads, d)
+    k = key.transpose(1, 2).reshape(batch * width, kv_heads, d)
+    v = value.transpose(1, 2).reshape(batch * width, kv_heads, d)
+    outs = []
+    for n, samples, index in buckets:
+        qb = q.index_select(0, index).view(samples, n, kv_heads, groups, d).permute(0, 2, 3, 1, 4)
+        kb = k.index_select(0, index).view(samples, n, kv_heads, d).permute(0, 2, 3, 1)
+        vb = v.index_select(0, index).view(samples, n, kv_heads, d).transpose(1, 2)
+        scores = torch.baddbmm(_causal_bias(n, groups, query.dtype, query.device),
+                               qb.reshape(samples * kv_heads, groups * n, d), kb.reshape(samples * kv_heads, d, n),
+                               alpha=scale)
+        o = torch.bmm(torch.softmax(scores, -1), vb.reshape(samples * kv_heads, n, d))
+        outs.append(o.view(samples, kv_heads, groups, n, d).permute(0, 3, 1, 2, 4).reshape(samples * n, heads, d))
+    return torch.cat(outs).index_select(0, inverse).view(batch, width, heads, d)
+
+
+def _bucket_plan(position_ids: torch.Tensor, batch: int, width: int) -> tuple[list, torch.Tensor]:
+    """([(padded length, samples, gather index into the flattened batch)], index of each real position in the
+    buckets' concatenated output). A sample starts where its positions restart at 0, and at each row's start; a
+    padded slot repeats its sample's last position (a finite value the causal bias masks anyway)."""
+    pos = position_ids.expand(batch, width).reshape(-1)
+    cuts = torch.nonzero(pos == 0).flatten()
+    cuts = torch.unique(torch.cat([cuts, torch.arange(0, batch * width, width, device=cuts.device)]))
+    starts = cuts.tolist()
+    lengths = [e - s for s, e in zip(starts, [*starts[1:], batch * width])]
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(-(-n // BUCKET_TOKENS) * BUCKET_TOKENS, []).append(i)
+    inverse = torch.empty(batch * width, dtype=torch.int64)
+    buckets, offset = [], 0
+    for n, members in sorted(by_length.items()):
+        first = torch.tensor([starts[i] for i in members])
+        length = torch.tensor([lengths[i] for i in members])
+        slot = torch.arange(n)
+        real = slot[None, :] < length[:, None]
+        buckets.append((n, len(members), (first[:, None] + torch.minimum(slot[None, :], length[:, None] - 1))
+                        .flatten().to(position_ids.device)))
+        inverse[(first[:, None] + slot)[real]] = (offset + torch.arange(len(members) * n).view(-1, n))[real]
+        offset += len(members) * n
+    return buckets, inverse.to(position_ids.device)
 
 
 BIAS_CACHE_BYTES = 64 * 2**20    # causal biases kept for reuse (the demo's sample lengths need about 30 MB)
