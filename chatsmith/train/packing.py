@@ -125,7 +125,8 @@ PACKED_ATTENTION = "chatsmith_packed_sdpa"
 def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                 position_ids: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """Causal attention inside each packed sample only: one attention per run of positions starting at 0.
+    """Causal attention inside each packed sample only: one attention per run of positions starting at 0 (on a
+    CPU without attention dropout, bucketed_causal_attention; elsewhere torch's sdpa per sample).
 
     Why our own: with packing, transformers' sdpa path computes the whole row x row block-diagonal mask (every
     block, masked or not, and no causal skipping); at the demo's 512-token rows of ~200-token samples that is
