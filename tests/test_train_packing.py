@@ -51,7 +51,7 @@ def test_packed_loss_equals_unpacked(arch, attention, tiny_root):
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
     disable_kv_cache(model)   # as training does: with a cache transformers ignores the packed positions
     assert supports_packing(model)
-    if attention == "packed":  # training's attention: one sdpa call per packed sample
+    if attention == "packed":  # training's attention: packed_sdpa, per packed sample
         use_packed_attention(model)
         assert model.config._attn_implementation == "chatsmith_packed_sdpa"
     examples = _examples(tok)
@@ -170,3 +170,40 @@ def test_causal_biases_are_kept_within_their_byte_bound(monkeypatch):
     assert [k[0] for k in packing._BIASES] == [14, 15, 13, 12]                   # the most recently made that fit
     big = packing._causal_bias(40, 3, torch.float32, torch.device("cpu"))       # over the bound: made, not kept
     assert big.shape == (1, 120, 40) and 40 not in [k[0] for k in packing._BIASES]
+
+
+def test_sample_lengths_per_row_from_position_restarts_and_row_starts():
+    from chatsmith.train.packing import _sample_lengths
+
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [3, 4, 0, 1, 2, 0]])       # row 2 starts mid-sample: a sample anyway
+    assert _sample_lengths(pos, 2, 6) == [[3, 2, 1], [2, 3, 1]]
+    assert _sample_lengths(pos[:1], 2, 6) == [[3, 2, 1], [3, 2, 1]]   # one row of positions for the whole batch
+
+
+def test_a_forward_plans_its_buckets_once_for_every_layer(tiny_root, monkeypatch):
+    """transformers hands every layer the same position_ids tensor: the bucket plan is made once per forward,
+    and again for a new tensor or the same one changed in place."""
+    import tiny
+    from transformers import AutoModelForCausalLM
+
+    from chatsmith.train import packing
+
+    made = []
+    real = packing._sample_lengths
+    monkeypatch.setattr(packing, "_sample_lengths", lambda *a: made.append(a) or real(*a))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny.build("llama", tiny_root)), dtype=torch.float32,
+                                                 attn_implementation="sdpa").eval()
+    disable_kv_cache(model)
+    use_packed_attention(model)
+    assert model.config.num_hidden_layers > 1
+    ids = torch.randint(3, 50, (2, 12))
+    pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]])
+    with torch.no_grad():
+        first = model(input_ids=ids, position_ids=pos).logits
+        assert len(made) == 1
+        assert torch.equal(model(input_ids=ids, position_ids=pos).logits, first) and len(made) == 1
+        pos[1, 8:] = torch.arange(8, 12)                                  # in place: row 2 is one sample now
+        changed = model(input_ids=ids, position_ids=pos).logits
+        assert len(made) == 2 and not torch.equal(changed[1, 8:], first[1, 8:])
+        model(input_ids=ids, position_ids=pos.clone())
+        assert len(made) == 3

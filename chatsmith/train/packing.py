@@ -149,12 +149,8 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
                                              scale), None
         # Splitting rather than slicing per sample makes the backward one concatenation, not a zero-filled
         # full-size gradient per slice.
-        for b, (q, k, v) in enumerate(zip(query.unbind(0), key.to(query.dtype).unbind(0),
-                                          value.to(query.dtype).unbind(0))):
-            pos = position_ids[b if position_ids.shape[0] > 1 else 0]
-            starts = torch.nonzero(pos == 0).flatten().tolist()
-            bounds = ([0] if not starts or starts[0] else []) + starts + [width]
-            lengths = [e - s for s, e in zip(bounds, bounds[1:])]
+        for lengths, q, k, v in zip(_sample_lengths(position_ids, query.shape[0], width), query.unbind(0),
+                                    key.to(query.dtype).unbind(0), value.to(query.dtype).unbind(0)):
             rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
                 qs, ks, vs, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=q.shape[0] != k.shape[0])
                 for qs, ks, vs in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1))], 1))
@@ -200,30 +196,49 @@ def bucketed_causal_attention(query: torch.Tensor, key: torch.Tensor, value: tor
     return torch.cat(outs).index_select(0, inverse).view(batch, width, heads, d)
 
 
+def _sample_lengths(position_ids: torch.Tensor, batch: int, width: int) -> list[list[int]]:
+    """Per row, the lengths of its packed samples: a sample starts where the positions restart at 0, and at the
+    row's start."""
+    zeros = torch.nonzero(position_ids.expand(batch, width).reshape(-1) == 0).flatten().tolist()
+    starts = sorted(set(zeros).union(range(0, batch * width, width)))
+    lengths: list[list[int]] = [[] for _ in range(batch)]
+    for s, e in zip(starts, [*starts[1:], batch * width]):
+        lengths[s // width].append(e - s)
+    return lengths
+
+
+_LAST_PLAN: list = []    # [position_ids, its version, batch, width, BUCKET_TOKENS, plan]
+
+
 def _bucket_plan(position_ids: torch.Tensor, batch: int, width: int) -> tuple[list, torch.Tensor]:
     """([(padded length, samples, gather index into the flattened batch)], index of each real position in the
-    buckets' concatenated output). A sample starts where its positions restart at 0, and at each row's start; a
-    padded slot repeats its sample's last position (a finite value the causal bias masks anyway)."""
-    pos = position_ids.expand(batch, width).reshape(-1)
-    cuts = torch.nonzero(pos == 0).flatten()
-    cuts = torch.unique(torch.cat([cuts, torch.arange(0, batch * width, width, device=cuts.device)]))
-    starts = cuts.tolist()
-    lengths = [e - s for s, e in zip(starts, [*starts[1:], batch * width])]
-    by_length: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        by_length.setdefault(-(-n // BUCKET_TOKENS) * BUCKET_TOKENS, []).append(i)
+    buckets' concatenated output); a padded slot repeats its sample's last position (a finite value the causal
+    bias masks anyway). Made once per forward: transformers hands every layer the same position_ids tensor, so
+    the plan of the last one is kept (with a reference to it, so its id cannot be reused) while that tensor is
+    unchanged."""
+    key = [position_ids._version, batch, width, BUCKET_TOKENS]
+    if _LAST_PLAN and _LAST_PLAN[0] is position_ids and _LAST_PLAN[1:5] == key:
+        return _LAST_PLAN[5]
+    by_length: dict[int, list[tuple[int, int]]] = {}
+    for b, lengths in enumerate(_sample_lengths(position_ids, batch, width)):
+        start = b * width
+        for n in lengths:
+            by_length.setdefault(-(-n // BUCKET_TOKENS) * BUCKET_TOKENS, []).append((start, n))
+            start += n
     inverse = torch.empty(batch * width, dtype=torch.int64)
     buckets, offset = [], 0
     for n, members in sorted(by_length.items()):
-        first = torch.tensor([starts[i] for i in members])
-        length = torch.tensor([lengths[i] for i in members])
+        first = torch.tensor([s for s, _ in members])
+        length = torch.tensor([m for _, m in members])
         slot = torch.arange(n)
         real = slot[None, :] < length[:, None]
         buckets.append((n, len(members), (first[:, None] + torch.minimum(slot[None, :], length[:, None] - 1))
                         .flatten().to(position_ids.device)))
         inverse[(first[:, None] + slot)[real]] = (offset + torch.arange(len(members) * n).view(-1, n))[real]
         offset += len(members) * n
-    return buckets, inverse.to(position_ids.device)
+    plan = buckets, inverse.to(position_ids.device)
+    _LAST_PLAN[:] = [position_ids, *key, plan]
+    return plan
 
 
 BIAS_CACHE_BYTES = 64 * 2**20    # causal biases kept for reuse (every padded length up to 512 needs about 9 MB)
