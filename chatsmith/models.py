@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def _convert_gguf(gguf: Path, out: Path, digest: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tqdm import tqdm
 
-    with tqdm(total=3, desc=f"converting {gguf.name} (once)", unit="step", leave=False) as bar:
+    with tqdm(total=3, desc=f"converting {gguf.name} (once)", unit="step", leave=False) as bar, _gguf_parsed_once():
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             bar.update()
@@ -145,6 +146,37 @@ def _convert_gguf(gguf: Path, out: Path, digest: str) -> Path:
             (tmp / ".complete").write_text(digest)
         bar.update()
     return out
+
+
+@contextmanager
+def _gguf_parsed_once():
+    """While converting, transformers parses the GGUF file three times (tokenizer, config, weights: 49k vocab
+    strings each, about 2 s a time here) and builds gguf's tensor-name map once per module (397 times for
+    SmolLM2). Both are pure functions of their arguments, so they are memoized for the conversion only: the
+    first-run conversion of the embedded model took 21 s, most of it in these. transformers imports both from the
+    `gguf` module at call time, which is where they are replaced (and put back after)."""
+    import gguf
+
+    saved = {name: getattr(gguf, name, None) for name in ("GGUFReader", "get_tensor_name_map")}
+    if None in saved.values():          # another gguf version: convert without the shortcut
+        yield
+        return
+    readers: dict[tuple, Any] = {}
+
+    def reader(path, mode="r"):
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = saved["GGUFReader"](path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    gguf.get_tensor_name_map = functools.cache(saved["get_tensor_name_map"])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(gguf, name, value)
+        readers.clear()
 
 
 def _drop_gguf_quantizer(model) -> None:

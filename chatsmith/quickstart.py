@@ -78,7 +78,7 @@ class Stages:
 
 def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, model: str = "smollm2",
                force: bool = False, gguf_type: str | None = None) -> dict:
-    from chatsmith.data import format_table, heldout_code, heldout_contextual, prepare
+    from chatsmith.data import format_table, heldout_contextual, prepare
     from chatsmith.train.data import data_files
     from chatsmith.yamlfile import read_mapping
 
@@ -121,34 +121,10 @@ def quickstart(output: str | Path = "runs/quickstart", *, fast: bool = False, mo
         print(f"standalone model in {merged}")
 
     with st.stage("4. evaluate base vs fine-tuned"):
-        from chatsmith.eval import answer_suite, judge, load_suite, score_automatic
-
         systems = {"base": model, "tuned": str(merged)}
-        eval_dir = out / "eval"
-        heldout = {"heldout_contextual": heldout_contextual(), "heldout_code": heldout_code()}
-        suites = [str(heldout.get(name, name)) for name in s.suites]
-        for suite in suites:
-            answer_suite(systems, suite, eval_dir, limit=s.eval_limit, max_new_tokens=s.max_new_tokens,
-                         temperature=0.0, batch_size=16)
-        # the bundled code suite's answers are run (isolated, see the README's threat model): quickstart opts in
-        from chatsmith.eval.sandbox import SandboxUnavailable
-
-        print("quickstart runs the answers to its own bundled code suite against their tests (code execution "
-              "allowed for this suite only)")
-        try:
-            auto = score_automatic(eval_dir, allow_code_execution=True)
-        except SandboxUnavailable as e:
-            print(f"chatsmith: {e}; code items are left unscored")
-            auto = score_automatic(eval_dir, allow_code_execution=False)
-        result["automatic"] = auto
-        # the judge reads a few items in its own directory, so its table covers exactly what it judged
-        judge_dir = out / "eval-judge"
-        items = load_suite(str(heldout_contextual()))[: s.judge_limit]
-        answer_suite(systems, items, judge_dir, max_new_tokens=s.max_new_tokens, temperature=0.0, batch_size=16)
-        judged = judge(judge_dir, model, mode="multi", samples=1, max_tokens=128, concurrency=2)
-        result["judge"] = {k: judged.get(k) for k in ("total", "ok", "unparsable", "error")}
-        print(f"local judge ({model}): {judged.get('ok')} parsed, {judged.get('unparsable')} unparsable, "
-              f"{judged.get('error')} failed of {judged.get('total')} judgments (all counted in the report)")
+        eval_dir, judge_dir = out / "eval", out / "eval-judge"
+        result["automatic"], result["judge"] = evaluate(systems, eval_dir, judge_dir, s, judge_model=model)
+        auto = result["automatic"]
 
     with st.stage("5. report"):
         from chatsmith.eval import write_report
@@ -180,6 +156,41 @@ Your model is ready. Next:
   chatsmith eval answer --system base={model} --system tuned={merged} --suite contextual --output {out / 'eval2'}
 """)
     return result
+
+
+def evaluate(systems: dict[str, str], eval_dir: Path, judge_dir: Path, s: Settings, *, judge_model: str
+             ) -> tuple[dict, dict]:
+    """Stage 4: every system answers the held-out and bundled suites (automatic metrics, the code suite's answers
+    run isolated), then a local judge compares a few answers. -> (automatic scores, judge summary)"""
+    from chatsmith.data import heldout_code, heldout_contextual
+    from chatsmith.eval import answer_suite, judge, load_suite, score_automatic
+    from chatsmith.eval.answer import reuse_answers
+    from chatsmith.eval.sandbox import SandboxUnavailable
+
+    heldout = {"heldout_contextual": heldout_contextual(), "heldout_code": heldout_code()}
+    # every suite's items in one pass per system: one engine load each, and full batches across suites.
+    # 32 rows: the widest decode step whose greedy answers equal batch 1's (the native bf16 step; README
+    # "Speed on a CPU"), so the demo's figures do not depend on how its items are batched
+    items = [it for name in s.suites for it in load_suite(str(heldout.get(name, name)), limit=s.eval_limit)]
+    answer_suite(systems, items, eval_dir, max_new_tokens=s.max_new_tokens, temperature=0.0, batch_size=32)
+    # the bundled code suite's answers are run (isolated, see the README's threat model): quickstart opts in
+    print("quickstart runs the answers to its own bundled code suite against their tests (code execution "
+          "allowed for this suite only)")
+    try:
+        auto = score_automatic(eval_dir, allow_code_execution=True)
+    except SandboxUnavailable as e:
+        print(f"chatsmith: {e}; code items are left unscored")
+        auto = score_automatic(eval_dir, allow_code_execution=False)
+    # the judge reads a few items in its own directory, so its table covers exactly what it judged
+    judged_items = load_suite(str(heldout_contextual()))[: s.judge_limit]
+    # the same items with the same settings were just answered: copied, not generated again
+    reuse_answers(eval_dir, judge_dir, [it.id for it in judged_items], list(systems))
+    answer_suite(systems, judged_items, judge_dir, max_new_tokens=s.max_new_tokens, temperature=0.0, batch_size=32)
+    # every judgment at once: the in-process judge server batches them into one decode
+    judged = judge(judge_dir, judge_model, mode="multi", samples=1, max_tokens=128, concurrency=len(judged_items))
+    print(f"local judge ({judge_model}): {judged.get('ok')} parsed, {judged.get('unparsable')} unparsable, "
+          f"{judged.get('error')} failed of {judged.get('total')} judgments (all counted in the report)")
+    return auto, {k: judged.get(k) for k in ("total", "ok", "unparsable", "error")}
 
 
 def configure_quickstart(p: argparse.ArgumentParser) -> None:

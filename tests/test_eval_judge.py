@@ -17,7 +17,7 @@ from fastapi import Request  # module level: the route's annotation must resolve
 
 from chatsmith.eval.answer import answer_suite, load_answers, parse_system
 from chatsmith.eval.judge import build_tasks, judge, rotate
-from chatsmith.eval.suite import item_from_dict
+from chatsmith.eval.suite import SuiteItem, item_from_dict
 from chatsmith.eval.verdict import VerdictError, parse_verdict
 
 
@@ -217,6 +217,34 @@ def test_answer_is_resumable_and_validates_systems(tmp_path, tiny_llama):
     (out / "answers" / "tiny.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:10], encoding="utf-8")
     st2 = answer_suite({"tiny": str(tiny_llama)}, "qa,math", out, **kw)
     assert st2["tiny"]["skipped"] == 3 and st2["tiny"]["new"] == 1 and st2["tiny"]["torn_lines"] == 1
+
+
+def test_reuse_answers_copies_good_answers_so_answer_suite_skips_them(tmp_path):
+    """quickstart's judge directory takes the answers its items already got in the evaluation: the copied ids are
+    skipped by answer_suite (an engine whose generate fails proves nothing is generated for them), failed answers
+    are not copied, and an answer the destination already has is not duplicated."""
+    from chatsmith.eval.answer import reuse_answers
+
+    src, dst = tmp_path / "eval", tmp_path / "judge"
+    (src / "answers").mkdir(parents=True)
+    rows = [{"id": "t0", "category": "qa", "system": "a", "answer": "four"},
+            {"id": "t1", "category": "qa", "system": "a", "error": "boom"},
+            {"id": "t2", "category": "qa", "system": "a", "answer": "not wanted"}]
+    (src / "answers" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert reuse_answers(src, dst, ["t0", "t1"], ["a", "b"]) == 1
+    assert reuse_answers(src, dst, ["t0", "t1"], ["a", "b"]) == 0          # already there: not appended again
+    got = [json.loads(x) for x in (dst / "answers" / "a.jsonl").read_text().splitlines()]
+    assert got == rows[:1] and not (dst / "answers" / "b.jsonl").exists()
+
+    class Failing:                           # a loaded Engine as answer_suite accepts one
+        def generate(self, *a, **k):
+            raise AssertionError("generated an answer that was copied")
+
+        stream = generate
+
+    suite = [SuiteItem(id="t0", category="qa", prompt="What is 2+2?")]
+    st = answer_suite({"a": Failing()}, suite, dst, log=lambda m: None)
+    assert st["a"]["skipped"] == 1 and st["a"]["new"] == 0
 
 
 def test_judge_against_a_real_local_chatsmith_server(tmp_path, tiny_llama):

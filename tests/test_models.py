@@ -93,3 +93,30 @@ def test_tests_use_a_temporary_cache_and_the_default_is_under_home(tmp_path, mon
     monkeypatch.delenv("CHATSMITH_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert models.cache_dir() == tmp_path / ".cache" / "chatsmith"
+
+
+def test_gguf_conversion_parses_the_file_once_and_keeps_the_weights(tiny_llama, tmp_path, monkeypatch):
+    """A .gguf --model is dequantized by transformers once (models._gguf_parsed_once): it reads the file for the
+    tokenizer, the config and the weights, and parses it only once; the gguf module is left as it was, and the
+    weights round-trip exactly (f32)."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from chatsmith.export.gguf import export_gguf
+
+    monkeypatch.setenv("CHATSMITH_CACHE", str(tmp_path / "cache"))
+    path = export_gguf(str(tiny_llama), tmp_path / "tiny.gguf", qtype="f32")
+    before = (gguf.GGUFReader, gguf.get_tensor_name_map)
+    parses = []
+    init = gguf.gguf_reader.GGUFReader.__init__
+    monkeypatch.setattr(gguf.gguf_reader.GGUFReader, "__init__",
+                        lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
+    ref = models.resolve(str(path))
+    assert len(parses) == 1
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == before
+    got = load_file(str(ref.path / "model.safetensors"))
+    want = load_file(str(tiny_llama / "model.safetensors"))
+    assert set(got) >= {k for k in want if "rotary" not in k}
+    for k, v in want.items():
+        if k in got:
+            assert torch.equal(got[k], v.float()), k

@@ -94,6 +94,27 @@ def answers_path(output_dir: Path, system: str) -> Path:
     return Path(output_dir) / "answers" / f"{system}.jsonl"
 
 
+def reuse_answers(from_dir: str | Path, to_dir: str | Path, ids: list[str], systems: list[str]) -> int:
+    """Copy each system's good answers to the items `ids` from one answers directory into another, where
+    `answer_suite` then skips them (it resumes by id). Only for answers made with the same settings: the caller
+    knows that, this does not check it. Failed answers are not copied, so they are generated again. -> rows copied"""
+    wanted, copied = set(ids), 0
+    for name in systems:
+        rows, _ = read_jsonl_lenient(answers_path(Path(from_dir), name))
+        keep = [r for r in rows if r.get("id") in wanted and "error" not in r]
+        if not keep:
+            continue
+        dst = answers_path(Path(to_dir), name)
+        have, _ = read_jsonl_lenient(dst)
+        known = {r.get("id") for r in have if "error" not in r}
+        new = [r for r in keep if r["id"] not in known]
+        if new:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(dst, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in have + new))
+            copied += len(new)
+    return copied
+
+
 def _generate_local(sys_: SystemSpec, items: list[SuiteItem], *, max_new_tokens: int, temperature: float,
                     batch_size: int, options: EngineOptions | None, seed: int | None, emit, progress) -> None:
     from chatsmith.engine import SamplingParams
