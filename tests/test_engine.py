@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from chatsmith.conversation import Conversation
+from chatsmith.conversation import Conversation, Message
 from chatsmith.engine.base import SamplingParams
 from chatsmith.engine.transformers_engine import HFEngine
 from chatsmith.engine.stops import StopTextStream
@@ -290,7 +290,8 @@ def test_prompts_prefilled_together_get_the_caches_and_logits_of_a_prefill_alone
             assert torch.equal(a.keys, t.keys) and torch.equal(a.values, t.values)
     passes = []
     real = eng.lean.prefill
-    monkeypatch.setattr(eng.lean, "prefill", lambda prompts: passes.append(len(prompts)) or real(prompts))
+    monkeypatch.setattr(eng.lean, "prefill",
+                        lambda prompts, pasts=None: passes.append(len(prompts)) or real(prompts, pasts))
     batch = eng.new_batch()
     events = batch.add_many([(i, p, GREEDY) for i, p in enumerate(ids)])
     assert passes == [len(ids)] and [e.token_id for e in events] == [int(la.argmax()) for la, _ in alone]
@@ -443,6 +444,76 @@ def test_a_repeated_prompt_skips_its_prefill_and_answers_bit_identically(engines
     assert eng.generate([PROMPTS[2]], GREEDY)[0].token_ids == first[2].token_ids
     assert eng.prompt_cache.hits == 0 and len(eng.prompt_cache) == 0
     eng.prompt_cache = PromptCache()
+
+
+def test_prompt_cache_prefix_is_the_longest_shared_start():
+    """PromptCache.prefix: the entry sharing the longest start (at least min_tokens), capped so one token is left to
+    compute; the entry's own tensors; the entry becomes the most recently used."""
+    from chatsmith.engine.prompt_cache import PromptCache
+
+    class Layer:
+        def __init__(self, n):
+            self.keys, self.values = torch.zeros(1, 1, n, 2), torch.ones(1, 1, n, 2)
+
+    class Cache:
+        def __init__(self, n):
+            self.layers = [Layer(n)]
+
+    pc = PromptCache(10**6)
+    for ids in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 9, 9], [7, 7, 7, 7]):
+        pc.put(ids, torch.zeros(1, 4), Cache(len(ids)))
+    n, layers = pc.prefix([1, 2, 3, 4, 5, 8, 8], min_tokens=3)
+    assert n == 5 and layers[0][0] is pc._entries[(1, 2, 3, 4, 5, 6)][1][0][0]
+    assert next(reversed(pc._entries)) == (1, 2, 3, 4, 5, 6)
+    assert pc.prefix([1, 2, 3, 9, 9, 9, 9], min_tokens=3)[0] == 6          # itself, less its last token
+    assert pc.prefix([1, 2, 3, 4], min_tokens=3)[0] == 3
+    assert pc.prefix([1, 2, 8, 8, 8], min_tokens=3) is None                   # shares only 2
+    assert pc.prefix([1, 2, 3], min_tokens=3) is None                         # nothing would be left to compute
+    assert (pc.prefix_hits, pc.prefix_tokens) == (3, 14)
+    assert PromptCache(0).prefix([1, 2, 3, 4, 5, 6], min_tokens=1) is None
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
+def test_a_prompt_that_starts_like_a_cached_one_reuses_it_bit_identically(tiny_llama, amx, monkeypatch):
+    """With the native attention a prompt sharing a cached prompt's start (here a long system prompt) prefills only
+    the rest: its logits, every layer's keys and values and its greedy answer are those of a whole prefill, alone
+    or grouped, and the same with the reuse left out."""
+    from chatsmith.engine.prompt_cache import PromptCache
+
+    native_kernels(amx, monkeypatch)
+    eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    assert eng.lean.prefix_reuse
+    system = "You answer briefly and you never make anything up. " * 2
+
+    def convs(*questions):
+        return [Conversation([Message("user", q)], system=system) for q in questions]
+
+    earlier, later = convs("hello", "What is 2+2?"), convs("Name a colour.", "def add(a, b):", "Why is the sky blue?")
+    eng.prompt_cache = PromptCache(0)                                    # off: whole prefills
+    want = [r.token_ids for r in eng.generate(later, GREEDY)]
+    ids = [eng.prompt_ids(c) for c in later]
+    with torch.inference_mode():
+        whole = eng.lean.prefill(ids)
+    eng.prompt_cache = PromptCache()
+    eng.generate(earlier, GREEDY)
+    pasts = [eng.prompt_cache.prefix(i) for i in ids]
+    assert all(p is not None and p[0] >= 20 for p in pasts)
+    with torch.inference_mode():
+        reused = eng.lean.prefill(ids, pasts)
+        reused_alone = [eng.lean.prefill([i], [p])[0] for i, p in zip(ids, pasts)]
+    for got in (reused, reused_alone):
+        for (lg, cg), (lw, cw) in zip(got, whole):
+            assert torch.equal(lg, lw)
+            assert all(torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+                       for a, b in zip(cg.layers, cw.layers))
+    hits = eng.prompt_cache.prefix_hits
+    assert [r.token_ids for r in eng.generate(later, GREEDY)] == want
+    assert eng.prompt_cache.prefix_hits == hits + len(later)
+    with pytest.raises(ValueError, match="at least one token"):
+        eng.lean.prefill([ids[0]], [(len(ids[0]), pasts[0][1])])
+    eng.lean.attend_ranges = None                                         # torch's attention: whole prompts only
+    with pytest.raises(ValueError, match="no cached prefixes"):
+        eng.lean.prefill(ids, pasts)
 
 
 def test_prompt_cache_is_bounded_and_can_be_turned_off(llama, monkeypatch):

@@ -100,6 +100,39 @@ def test_attend_matches_sdpa_per_row_over_its_own_keys():
         assert torch.equal(alone[0], out[i])
 
 
+def test_prefill_attention_gives_each_position_what_a_decode_step_gives_it():
+    """attend_ranges: two prompts packed in one K/V (grouped-query heads, a strided view), every query position
+    attending to its prompt's columns up to its own. Each row is bit-identical to the decode kernel's one query over
+    those keys, so it depends on nothing past its own position (what prefix reuse relies on), and is causal SDPA
+    to bf16 rounding."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(2)
+    attend, decode = kernels.bf16_attend_ranges(), kernels.bf16_attend()
+    nh, nkv, hd, lengths = 6, 2, 64, (5, 9)
+    total = sum(lengths)
+    keys = torch.randn(nkv, total + 3, hd, generator=gen).to(torch.bfloat16)[:, :total]
+    values = torch.randn(nkv, total + 3, hd, generator=gen).to(torch.bfloat16)[:, :total]
+    q = torch.randn(total, nh, hd, generator=gen).to(torch.bfloat16)
+    starts = torch.tensor([0] * 5 + [5] * 9)
+    ends = torch.arange(total) + 1
+    out = attend(q, keys, values, starts, ends, hd ** -0.5)
+    assert out.shape == (total, nh * hd) and out.dtype == torch.bfloat16
+    for r in range(total):
+        s, e = int(starts[r]), int(ends[r])
+        one = decode(q[r:r + 1].contiguous(), keys[None, :, s:e], values[None, :, s:e], [0], hd ** -0.5)
+        assert torch.equal(one[0], out[r]), r
+    for a, m in ((0, 5), (5, 9)):
+        want = F.scaled_dot_product_attention(q[a:a + m].transpose(0, 1)[None].float(), keys[None, :, a:a + m].float(),
+                                              values[None, :, a:a + m].float(), is_causal=True, enable_gqa=True)
+        got = out[a:a + m].view(m, nh, hd).transpose(0, 1).float()
+        assert (got - want[0]).abs().max() <= 2 ** -7 * want.abs().max() + 1e-3
+    with pytest.raises(ValueError, match="start < end"):
+        attend(q, keys, values, starts, starts, hd ** -0.5)
+    with pytest.raises(ValueError, match="start < end"):
+        attend(q, keys, values, starts, ends + 1, hd ** -0.5)
+
+
 def bf16_linear():
     """The C step's fused linear layer (chatsmith_linear_bf16, which only chatsmith_llama_step_bf16 calls), bound
     here to test it on its own. `linear(x, w, norm=None, eps=0.0, swiglu=False, residual=None)`: the layer with its

@@ -116,6 +116,14 @@ class LeanLlamaDecoder:
         # (0.36 s against 0.46 s one by one for SmolLM2 at 2 threads); a lone 50-token prompt pays for 14 padded
         # rows.
         self.group_prefill = self.native is not None
+        # the prefill's attention on the native kernel, each position as a decode step computes it: a prompt may
+        # then reuse the keys and values of a cached prompt that starts the same way (engine/prompt_cache.py)
+        self.attend_ranges = None
+        if self.native is not None:
+            from chatsmith.engine import kernels
+
+            self.attend_ranges = kernels.bf16_attend_ranges()
+        self.prefix_reuse = self.attend_ranges is not None
         if self.native is None:
             self.prefill_linear = self.head_linear = self.linear
         else:
@@ -133,7 +141,8 @@ class LeanLlamaDecoder:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def prefill(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, Any]]:
+    def prefill(self, prompts: list[list[int]], pasts: list[tuple[int, Any] | None] | None = None
+                ) -> list[tuple[torch.Tensor, Any]]:
         """Prompts prefilled together: per prompt, its last position's (1, vocab) logits and a new transformers
         DynamicCache.
 
@@ -141,7 +150,72 @@ class LeanLlamaDecoder:
         at 0 and its attention sees only itself), so the matmuls run once over every token: oneDNN's packed-weight
         kernels or chatsmith's AMX kernel, where transformers' forward would call aten::mm once per prompt. A
         prompt's cache is bit-identical whether it was prefilled alone or in a group, because every op here treats
-        rows independently; callers group prompts only where the matmul does too (`self.group_prefill`)."""
+        rows independently; callers group prompts only where the matmul does too (`self.group_prefill`).
+
+        pasts (where `self.prefix_reuse`): per prompt None, or (n, layers): the keys and values of its first n
+        tokens, layers[i] = (keys, values) of shape (1, kv heads, >= n, head dim), e.g. a cached prompt that
+        shares them. Only the other tokens are computed, and the result is bit-identical to a prefill of the
+        whole prompt: with the native attention a position's keys and values depend on the tokens up to it alone."""
+        if self.attend_ranges is None:
+            if pasts and any(pasts):
+                raise ValueError("prefill: no cached prefixes without the native attention (prefix_reuse is off)")
+            return self._prefill_sdpa(prompts)
+        return self._prefill_native(prompts, pasts or [None] * len(prompts))
+
+    def _prefill_native(self, prompts: list[list[int]], pasts: list[tuple[int, Any] | None]
+                        ) -> list[tuple[torch.Tensor, Any]]:
+        """Every position's attention by the native kernel, exactly as a decode step at that position computes it
+        (kernels.bf16_attend_ranges), over one packed K/V per layer in which each prompt has its columns: its
+        cached prefix copied in, its new positions' keys and values written as they are computed."""
+        from transformers import DynamicCache
+
+        device = self.embed.weight.device
+        lengths = [len(p) for p in prompts]
+        cached = [0 if past is None else past[0] for past in pasts]
+        if any(not 0 <= n < m for n, m in zip(cached, lengths)):
+            raise ValueError("prefill: a cached prefix must leave at least one token of its prompt to compute")
+        col0 = [sum(lengths[:j]) for j in range(len(prompts))]
+        total = sum(lengths)
+        ids = torch.tensor([[t for p, n in zip(prompts, cached) for t in p[n:]]], dtype=torch.long, device=device)
+        n_rows = ids.shape[1]
+        positions = torch.cat([torch.arange(n, m, device=device) for n, m in zip(cached, lengths)])
+        # each new row's own key column in the packed K/V, and the columns it attends to: its prompt's first one
+        # up to its own
+        dest = torch.cat([torch.arange(c + n, c + m, device=device) for c, n, m in zip(col0, cached, lengths)])
+        starts = torch.cat([torch.full((m - n,), c, dtype=torch.long) for c, n, m in zip(col0, cached, lengths)])
+        ends = dest.cpu() + 1
+        last = torch.tensor(lengths) - torch.tensor(cached)
+        last = (last.cumsum(0) - 1).to(device)
+        caches = [DynamicCache(config=self.model.config) for _ in prompts]
+        h = self.embed(ids)
+        cos, sin = self.rotary(h, positions.unsqueeze(0))
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
+        nqk = nh + nkv
+        for i, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
+            qkv = self.prefill_linear(self._rms(h, ln1), qkv_w)
+            qk = self._rotate(qkv[..., :nqk * hd].view(1, n_rows, nqk, hd).transpose(1, 2), cos, sin)
+            v = qkv[..., nqk * hd:].view(1, n_rows, nkv, hd).transpose(1, 2)
+            kbuf, vbuf = qk.new_empty((nkv, total, hd)), v.new_empty((nkv, total, hd))
+            for c, past in zip(col0, pasts):
+                if past is not None:
+                    n, layers = past
+                    kbuf[:, c:c + n] = layers[i][0][0, :, :n]
+                    vbuf[:, c:c + n] = layers[i][1][0, :, :n]
+            kbuf.index_copy_(1, dest, qk[0, nh:])
+            vbuf.index_copy_(1, dest, v[0])
+            o = self.attend_ranges(qk[0, :nh].transpose(0, 1).contiguous(), kbuf, vbuf, starts, ends, hd ** -0.5)
+            h = h + self.prefill_linear(o.view(1, n_rows, nh * hd), o_w)
+            gate, up = self.prefill_linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
+            h = h + self.prefill_linear(F.silu(gate) * up, down_w)
+            for c, m, cache in zip(col0, lengths, caches):
+                cache.update(kbuf[None, :, c:c + m], vbuf[None, :, c:c + m], i)     # update copies them
+        logits = self.head_linear(self._rms(h[:, last], self.norm), self.lm_head)[0]
+        return [(logits[j:j + 1], cache) for j, cache in enumerate(caches)]
+
+    def _prefill_sdpa(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, Any]]:
+        """Without the native kernels: torch's attention, one call per prompt and layer (whole prompts only: torch
+        gives a position an output whose last bits depend on the sequence's length, engine/prompt_cache.py)."""
         from transformers import DynamicCache
 
         device = self.embed.weight.device

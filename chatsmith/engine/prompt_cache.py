@@ -6,13 +6,16 @@ copies of what its first prefill computed, so its output is bit-identical to an 
 llama-server keeps each slot's last prompt for the same reason (its `cache_prompt`, on by default), and vLLM's
 automatic prefix caching does it by block.
 
-Why only whole prompts and not shared prefixes as llama.cpp and vLLM also reuse: a cached prefix's keys and
-values are not bit-identical to those a fresh prefill of the longer prompt computes. torch's CPU attention gives a
-position an output whose last bits depend on the sequence's total length (measured for issue 18 with the flash
-kernel at SmolLM2's shapes, against a 700-token pass: rows of the last partial block of 16 differ, and at some
-lengths past 192 scattered earlier rows), and every later layer's keys inherit that. A greedy answer would then
-depend on which requests came before it; chatsmith keeps "a request's output does not depend on its neighbours"
-(engine/transformers_engine.py).
+A prompt that starts like a cached one (the same system prompt, an earlier turn of the same conversation) reuses
+the cached keys and values of the tokens they share, at least PREFIX_MIN_TOKENS of them, and only the rest is
+prefilled, where the engine computes every position's attention with the native kernel (the lean llama step's
+`prefix_reuse`): that kernel gives a position exactly what a decode step at that position gives it, so a
+position's keys and values depend on the tokens up to it and nothing else, and the answer is bit-identical to a
+whole prefill (tested). llama-server's `cache_prompt` and vLLM's automatic prefix caching reuse prefixes the same
+way. Not on torch's attention (no native kernel): it gives a position an output whose last bits depend on the
+sequence's total length (measured for issue 18 with the flash kernel at SmolLM2's shapes, against a 700-token
+pass: rows of the last partial block of 16 differ, and at some lengths past 192 scattered earlier rows), so a
+reused prefix would make an answer depend on which requests came before it; there only whole prompts are reused.
 
 Memory is bounded: entries are dropped least recently used first once their tensors pass `max_bytes`
 (CHATSMITH_PROMPT_CACHE_MB, default 256; 0 turns the cache off). Entries are copied in and copied out, so nothing
@@ -32,6 +35,7 @@ import torch
 from chatsmith.errors import ChatsmithError
 
 DEFAULT_MB = 256
+PREFIX_MIN_TOKENS = 8     # a shorter shared start saves less than copying its keys and values costs
 
 
 def default_bytes() -> int:
@@ -51,6 +55,7 @@ class PromptCache:
             = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
+        self.prefix_hits = self.prefix_tokens = 0     # prompts that reused a prefix, and its tokens
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -72,6 +77,37 @@ class PromptCache:
         for i, (k, v) in enumerate(layers):
             cache.update(k.clone(), v.clone(), i)
         return logits.clone(), cache
+
+    def prefix(self, prompt_ids: Sequence[int], min_tokens: int = PREFIX_MIN_TOKENS
+               ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """The longest start this prompt shares with a cached one, as (n, that entry's per-layer (keys, values));
+        n is at least `min_tokens` and leaves at least one token of the prompt to compute. None if no entry
+        shares that much. The tensors are the entry's own: read them, never write them."""
+        if not self.max_bytes or len(prompt_ids) <= min_tokens:
+            return None
+        ids = tuple(prompt_ids)
+        head = ids[:min_tokens]
+        best, best_key = 0, None
+        for key in self._entries:
+            if key[:min_tokens] != head:
+                continue
+            lo, hi = min_tokens, min(len(key), len(ids) - 1)     # key[:lo] == ids[:lo]; find the longest
+            if hi <= best:
+                continue
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if key[:mid] == ids[:mid]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > best:
+                best, best_key = lo, key
+        if best_key is None:
+            return None
+        self._entries.move_to_end(best_key)
+        self.prefix_hits += 1
+        self.prefix_tokens += best
+        return best, self._entries[best_key][1]
 
     def put(self, prompt_ids: Sequence[int], logits: torch.Tensor, cache: Any) -> None:
         """Keep a copy of a freshly prefilled prompt's logits and cache (a cache that is not plain per-layer keys

@@ -182,7 +182,9 @@ class DecodeBatch:
                 if not todo:
                     fresh = []
                 elif eng.lean is not None:
-                    fresh = eng.lean.prefill([list(ids) for ids in todo])
+                    # a prompt that starts like a cached one computes only the rest (bit-identical, prompt_cache.py)
+                    pasts = [eng.prompt_cache.prefix(ids) for ids in todo] if eng.lean.prefix_reuse else None
+                    fresh = eng.lean.prefill([list(ids) for ids in todo], pasts)
                 else:
                     fresh = [self._forward(ids) for ids in todo]
                 for ids, (logits, cache) in zip(todo, fresh):

@@ -92,6 +92,34 @@ def bf16_attend() -> Callable[..., torch.Tensor] | None:
     return attend
 
 
+def bf16_attend_ranges() -> Callable[..., torch.Tensor] | None:
+    """`attend(q, keys, values, starts, ends, scale)`: q (R, nh, hd) contiguous bf16, one row per query position;
+    keys/values (nkv, L, hd) bf16 with a contiguous last dimension; row r attends to columns starts[r]..ends[r]-1,
+    each computed as the decode attention computes one query. Returns (R, nh * hd) bf16; or None."""
+    lib = _load()
+    if lib is None:
+        return None
+    fn = lib.chatsmith_attend_ranges_bf16
+
+    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        r, nh, hd = q.shape
+        nkv, length = keys.shape[0], keys.shape[1]
+        if keys.stride() != values.stride() or keys.stride(-1) != 1 or nh % nkv or not q.is_contiguous():
+            raise ValueError("attend_ranges: q contiguous; keys and values the same strides, last dimension contiguous")
+        starts, ends = starts.to(torch.int64).contiguous(), ends.to(torch.int64).contiguous()
+        if starts.shape != (r,) or ends.shape != (r,) or r and (
+                int(starts.min()) < 0 or int(ends.max()) > length or bool((ends <= starts).any())):
+            raise ValueError("attend_ranges: every row needs 0 <= start < end <= the keys' length")
+        out = torch.empty((r, nh * hd), dtype=torch.bfloat16)
+        sh, st, _ = keys.stride()
+        fn(q.data_ptr(), keys.data_ptr(), values.data_ptr(), sh, st, starts.data_ptr(), ends.data_ptr(),
+           out.data_ptr(), r, nh, nkv, hd, scale, torch.get_num_threads())
+        return out
+
+    return attend
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -211,4 +239,7 @@ def _build_and_open():
     lib.chatsmith_attend_bf16.restype = None
     lib.chatsmith_attend_bf16.argtypes = [p, p, p, i64, i64, i64, p, i64, p, i64, i64, i64, i64, ctypes.c_float,
                                           ctypes.c_int]
+    lib.chatsmith_attend_ranges_bf16.restype = None
+    lib.chatsmith_attend_ranges_bf16.argtypes = [p, p, p, i64, i64, p, p, p, i64, i64, i64, i64, ctypes.c_float,
+                                                 ctypes.c_int]
     return lib

@@ -304,13 +304,49 @@ void chatsmith_linear_bf16(const uint16_t *x, int prologue, const uint16_t *norm
     if (xin != stack) free(xin);
 }
 
-/* Decode attention for one new query per row, bf16 in and out, fp32 inside.
+/* One query row and one head over n keys and values (st elements apart, contiguous last dimension), bf16 in and
+ * out, fp32 inside: scores q.k * scale, an exact softmax (max subtracted), then the probability-weighted sum of
+ * values, every sum in one fixed order. The result depends on the query and those n keys and values alone: not on
+ * the batch, the other rows or how long the rest of the sequence is. */
+static void attend_one(const uint16_t *q, const uint16_t *kb, const uint16_t *vb, int64_t st, int64_t n,
+                       uint16_t *out, int64_t hd, float scale) {
+    float qf[hd], acc[hd];
+    float stack_scores[1024];
+    float *s = n <= 1024 ? stack_scores : (float *)malloc((size_t)n * sizeof(float));
+    for (int64_t d = 0; d < hd; d++) {
+        qf[d] = bf16_to_f(q[d]) * scale;
+        acc[d] = 0.0f;
+    }
+    float top = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        const uint16_t *kt = kb + t * st;
+        float lane[16] = {0};       /* 16 independent partial sums: one vector register, fixed order */
+        int64_t d = 0;
+        for (; d + 16 <= hd; d += 16)
+            for (int j = 0; j < 16; j++) lane[j] += qf[d + j] * bf16_to_f(kt[d + j]);
+        float dot = 0.0f;
+        for (int j = 0; j < 16; j++) dot += lane[j];
+        for (; d < hd; d++) dot += qf[d] * bf16_to_f(kt[d]);
+        s[t] = dot;
+        if (dot > top) top = dot;
+    }
+    float total = 0.0f;
+    for (int64_t t = 0; t < n; t++) {
+        const float p = expf(s[t] - top);
+        total += p;
+        const uint16_t *vt = vb + t * st;
+        for (int64_t d = 0; d < hd; d++) acc[d] += p * bf16_to_f(vt[d]);
+    }
+    for (int64_t d = 0; d < hd; d++) out[d] = to_bf16(acc[d] / total);
+    if (s != stack_scores) free(s);
+}
+
+/* Decode attention for one new query per row.
  *
  * q, out: (B, nh, hd) contiguous. k, v: the KV cache, (B, nkv, columns, hd) with element strides sb, sh, st and a
  * contiguous last dimension. Row b attends to columns [starts[b], len): only its real keys, never left padding,
  * so a row's result does not depend on its batch mates (the same reason as the GEMV's fixed order). Query head h
- * reads KV head h / (nh / nkv) (grouped-query attention, as torch's enable_gqa). One (row, head) pair per task:
- * scores q.k * scale, an exact softmax (max subtracted), then the probability-weighted sum of values.
+ * reads KV head h / (nh / nkv) (grouped-query attention, as torch's enable_gqa). One (row, head) pair per task.
  */
 
 void chatsmith_attend_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t sb, int64_t sh,
@@ -320,38 +356,28 @@ void chatsmith_attend_bf16(const uint16_t *q, const uint16_t *k, const uint16_t 
     #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
     for (int64_t b = 0; b < B; b++) {
         for (int64_t h = 0; h < nh; h++) {
-            const int64_t n = len - starts[b];
-            const uint16_t *kb = k + b * sb + (h / group) * sh + starts[b] * st;
-            const uint16_t *vb = v + b * sb + (h / group) * sh + starts[b] * st;
-            float qf[hd], acc[hd];
-            float stack_scores[1024];
-            float *s = n <= 1024 ? stack_scores : (float *)malloc((size_t)n * sizeof(float));
-            for (int64_t d = 0; d < hd; d++) {
-                qf[d] = bf16_to_f(q[(b * nh + h) * hd + d]) * scale;
-                acc[d] = 0.0f;
-            }
-            float top = -INFINITY;
-            for (int64_t t = 0; t < n; t++) {
-                const uint16_t *kt = kb + t * st;
-                float lane[16] = {0};       /* 16 independent partial sums: one vector register, fixed order */
-                int64_t d = 0;
-                for (; d + 16 <= hd; d += 16)
-                    for (int j = 0; j < 16; j++) lane[j] += qf[d + j] * bf16_to_f(kt[d + j]);
-                float dot = 0.0f;
-                for (int j = 0; j < 16; j++) dot += lane[j];
-                for (; d < hd; d++) dot += qf[d] * bf16_to_f(kt[d]);
-                s[t] = dot;
-                if (dot > top) top = dot;
-            }
-            float total = 0.0f;
-            for (int64_t t = 0; t < n; t++) {
-                const float p = expf(s[t] - top);
-                total += p;
-                const uint16_t *vt = vb + t * st;
-                for (int64_t d = 0; d < hd; d++) acc[d] += p * bf16_to_f(vt[d]);
-            }
-            for (int64_t d = 0; d < hd; d++) out[(b * nh + h) * hd + d] = to_bf16(acc[d] / total);
-            if (s != stack_scores) free(s);
+            const int64_t off = b * sb + (h / group) * sh + starts[b] * st;
+            attend_one(q + (b * nh + h) * hd, k + off, v + off, st, len - starts[b], out + (b * nh + h) * hd, hd,
+                       scale);
+        }
+    }
+}
+
+/* Prefill attention: query row r (of R, any prompts' positions packed together) attends to the key columns
+ * [starts[r], ends[r]) of one shared K/V, (nkv, columns, hd) with element strides sh, st. A prompt's row at
+ * position p gets [its first column, its column p], so each position is computed exactly as a decode step at p
+ * computes it (attend_one): its keys and values then do not depend on the prompt's length or its neighbours,
+ * and a cached prefix's keys and values are those a prefill of any longer prompt computes for it. */
+void chatsmith_attend_ranges_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t sh, int64_t st,
+                                  const int64_t *starts, const int64_t *ends, uint16_t *out, int64_t R, int64_t nh,
+                                  int64_t nkv, int64_t hd, float scale, int threads) {
+    const int64_t group = nh / nkv;
+    #pragma omp parallel for collapse(2) schedule(dynamic, 8) num_threads(threads)
+    for (int64_t r = 0; r < R; r++) {
+        for (int64_t h = 0; h < nh; h++) {
+            const int64_t off = (h / group) * sh + starts[r] * st;
+            attend_one(q + (r * nh + h) * hd, k + off, v + off, st, ends[r] - starts[r], out + (r * nh + h) * hd,
+                       hd, scale);
         }
     }
 }
