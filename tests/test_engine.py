@@ -473,6 +473,46 @@ def test_prompt_cache_prefix_is_the_longest_shared_start():
     assert PromptCache(0).prefix([1, 2, 3, 4, 5, 6], min_tokens=1) is None
 
 
+SYSTEM = "You answer briefly and you never make anything up. " * 2
+
+
+def convs(*questions: str) -> list[Conversation]:
+    return [Conversation([Message("user", q)], system=SYSTEM) for q in questions]
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
+def test_a_cold_burst_prefills_its_shared_start_once(tiny_llama, amx, monkeypatch):
+    """New prompts that share a start (a system prompt) and find nothing cached: the start is prefilled once on its
+    own and cached, then every prompt computes only the rest; the answers are those of whole prefills. A later
+    burst with the same start does not prefill it again."""
+    import os
+
+    from chatsmith.engine.prompt_cache import PromptCache
+
+    native_kernels(amx, monkeypatch)
+    eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
+    burst = convs("hello", "What is 2+2?", "Name a colour.", "def add(a, b):")
+    eng.prompt_cache = PromptCache(0)
+    want = [r.token_ids for r in eng.generate(burst, GREEDY)]
+    ids = [eng.prompt_ids(c) for c in burst]
+    n = len(os.path.commonprefix(ids))
+    assert n >= 20
+    eng.prompt_cache = PromptCache()
+    calls = []
+    real = eng.lean.prefill
+
+    def prefill(prompts, pasts=None):
+        calls.append(([len(x) for x in prompts], [p and p[0] for p in pasts or [None] * len(prompts)]))
+        return real(prompts, pasts)
+
+    monkeypatch.setattr(eng.lean, "prefill", prefill)
+    assert [r.token_ids for r in eng.generate(burst, GREEDY)] == want
+    assert calls == [([n], [None]), ([len(i) for i in ids], [n] * len(ids))]
+    calls.clear()
+    eng.generate(convs("Why is the sky blue?", "Count to three."), GREEDY)
+    assert len(calls) == 1 and all(k >= n for k in calls[0][1])        # the start: cached, not computed
+
+
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
 def test_a_prompt_that_starts_like_a_cached_one_reuses_it_bit_identically(tiny_llama, amx, monkeypatch):
     """With the native attention a prompt sharing a cached prompt's start (here a long system prompt) prefills only
@@ -483,11 +523,6 @@ def test_a_prompt_that_starts_like_a_cached_one_reuses_it_bit_identically(tiny_l
     native_kernels(amx, monkeypatch)
     eng = HFEngine.load(str(tiny_llama), template="vicuna_v1.1", dtype="bf16")
     assert eng.lean.prefix_reuse
-    system = "You answer briefly and you never make anything up. " * 2
-
-    def convs(*questions):
-        return [Conversation([Message("user", q)], system=system) for q in questions]
-
     earlier, later = convs("hello", "What is 2+2?"), convs("Name a colour.", "def add(a, b):", "Why is the sky blue?")
     eng.prompt_cache = PromptCache(0)                                    # off: whole prefills
     want = [r.token_ids for r in eng.generate(later, GREEDY)]

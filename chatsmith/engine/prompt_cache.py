@@ -78,11 +78,12 @@ class PromptCache:
             cache.update(k.clone(), v.clone(), i)
         return logits.clone(), cache
 
-    def prefix(self, prompt_ids: Sequence[int], min_tokens: int = PREFIX_MIN_TOKENS
+    def prefix(self, prompt_ids: Sequence[int], min_tokens: int = PREFIX_MIN_TOKENS, *, use: bool = True
                ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
         """The longest start this prompt shares with a cached one, as (n, that entry's per-layer (keys, values));
         n is at least `min_tokens` and leaves at least one token of the prompt to compute. None if no entry
-        shares that much. The tensors are the entry's own: read them, never write them."""
+        shares that much. The tensors are the entry's own: read them, never write them. use=False only looks
+        (no hit counted, the entry not made the most recent)."""
         if not self.max_bytes or len(prompt_ids) <= min_tokens:
             return None
         ids = tuple(prompt_ids)
@@ -104,6 +105,8 @@ class PromptCache:
                 best, best_key = lo, key
         if best_key is None:
             return None
+        if not use:
+            return best, self._entries[best_key][1]
         self._entries.move_to_end(best_key)
         self.prefix_hits += 1
         self.prefix_tokens += best

@@ -28,7 +28,7 @@ import torch
 from chatsmith.engine import lean_llama
 from chatsmith.engine.base import Delta, Engine, Prompt, SamplingParams
 from chatsmith.engine.lean_llama import LeanLlamaDecoder
-from chatsmith.engine.prompt_cache import PromptCache
+from chatsmith.engine.prompt_cache import PREFIX_MIN_TOKENS, PromptCache
 from chatsmith.engine.stops import StopMachine, failed
 
 
@@ -183,7 +183,10 @@ class DecodeBatch:
                     fresh = []
                 elif eng.lean is not None:
                     # a prompt that starts like a cached one computes only the rest (bit-identical, prompt_cache.py)
-                    pasts = [eng.prompt_cache.prefix(ids) for ids in todo] if eng.lean.prefix_reuse else None
+                    pasts = None
+                    if eng.lean.prefix_reuse:
+                        self._share_start(todo)
+                        pasts = [eng.prompt_cache.prefix(ids) for ids in todo]
                     fresh = eng.lean.prefill([list(ids) for ids in todo], pasts)
                 else:
                     fresh = [self._forward(ids) for ids in todo]
@@ -219,6 +222,26 @@ class DecodeBatch:
                 with torch.inference_mode():
                     self._merge(row, cache, seen, logits.shape[-1])
         return events
+
+    def _share_start(self, prompts: Sequence[Sequence[int]]) -> None:
+        """New prompts that all start the same way (a server's system prompt, on its first burst): that start is
+        prefilled once, on its own, and cached, so each prompt then computes only the rest. A start the cache
+        already holds is not prefilled again. Measured for 16 prompts sharing SmolLM2's 25-token system prompt
+        (AMD kind, 2 threads): see the README's prompt cache paragraph."""
+        cache = self.engine.prompt_cache
+        if len(prompts) < 2 or not cache.max_bytes:
+            return
+        first = prompts[0]
+        # the tokens they all start with (os.path.commonprefix compares any sequences), each keeping one to compute
+        n = min(len(os.path.commonprefix([list(p) for p in prompts])), min(len(p) for p in prompts) - 1)
+        if n < PREFIX_MIN_TOKENS:
+            return
+        held = cache.prefix(first, use=False)
+        if held is not None and held[0] >= n:
+            return
+        start = list(first[:n])
+        (logits, kv), = self.engine.lean.prefill([start], [held] if held is not None else None)
+        cache.put(start, logits, kv)
 
     def _forward(self, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, Any]:
         """One prompt through transformers' forward: its last position's logits and its cache."""
