@@ -292,6 +292,9 @@ def test_prompts_prefilled_together_get_the_caches_and_logits_of_a_prefill_alone
     real = eng.lean.prefill
     monkeypatch.setattr(eng.lean, "prefill",
                         lambda prompts, pasts=None: passes.append(len(prompts)) or real(prompts, pasts))
+    from chatsmith.engine.prompt_cache import PromptCache
+
+    eng.prompt_cache = PromptCache(0)   # no cache: no shared start prefilled first (the cold-burst test has that)
     batch = eng.new_batch()
     events = batch.add_many([(i, p, GREEDY) for i, p in enumerate(ids)])
     assert passes == [len(ids)] and [e.token_id for e in events] == [int(la.argmax()) for la, _ in alone]

@@ -58,13 +58,16 @@ def test_chat_page_streams_answers(served, page, tmp_path):
         .observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true}); }""")
     # settings travel with the request
     page.fill("#max-tokens", "24")
+    # greedy: at the page's default 0.7 the random model's answer had a random length, and a full-suite run once
+    # sampled an end after 2 pieces ("urate")
+    page.fill("#temperature", "0")
     page.fill("#input", "What is the capital of France?")
     page.press("#input", "Enter")
     page.wait_for_selector(".msg.assistant[data-done='1']", timeout=60_000)
     answer = page.inner_text(".msg.assistant .content")
     assert page.inner_text(".msg.user .content") == "What is the capital of France?"
     assert answer.strip(), "an answer appeared"
-    assert requests[-1]["stream"] is True and requests[-1]["max_tokens"] == 24
+    assert requests[-1]["stream"] is True and requests[-1]["max_tokens"] == 24 and requests[-1]["temperature"] == 0
     assert requests[-1]["messages"] == [{"role": "user", "content": "What is the capital of France?"}]
     assert chunks[-1].startswith("text/event-stream")
     partials = page.evaluate("window.__partials")
