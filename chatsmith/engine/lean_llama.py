@@ -123,12 +123,16 @@ class LeanLlamaDecoder:
             from chatsmith.engine import kernels
 
             self.attend_ranges = kernels.bf16_attend_ranges()
-        self.prefix_reuse = self.attend_ranges is not None
         if self.native is None:
             self.prefill_linear = self.head_linear = self.linear
         else:
             self.head_linear = self.native.linear
             self.prefill_linear = self.native.linear if self.native.amx else _in_tiles(self.linear, PREFILL_TILE)
+
+    @property
+    def prefix_reuse(self) -> bool:
+        """Whether `prefill` takes cached prefixes: only with the native prefill attention."""
+        return self.attend_ranges is not None
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # exactly LlamaRMSNorm: in float32, back to the input dtype, then the weight
@@ -156,39 +160,25 @@ class LeanLlamaDecoder:
         tokens, layers[i] = (keys, values) of shape (1, kv heads, >= n, head dim), e.g. a cached prompt that
         shares them. Only the other tokens are computed, and the result is bit-identical to a prefill of the
         whole prompt: with the native attention a position's keys and values depend on the tokens up to it alone."""
-        if self.attend_ranges is None:
-            if pasts and any(pasts):
-                raise ValueError("prefill: no cached prefixes without the native attention (prefix_reuse is off)")
-            return self._prefill_sdpa(prompts)
-        return self._prefill_native(prompts, pasts or [None] * len(prompts))
-
-    def _prefill_native(self, prompts: list[list[int]], pasts: list[tuple[int, Any] | None]
-                        ) -> list[tuple[torch.Tensor, Any]]:
-        """Every position's attention by the native kernel, exactly as a decode step at that position computes it
-        (kernels.bf16_attend_ranges), over one packed K/V per layer in which each prompt has its columns: its
-        cached prefix copied in, its new positions' keys and values written as they are computed."""
         from transformers import DynamicCache
 
+        pasts = pasts or [None] * len(prompts)
+        if any(pasts) and not self.prefix_reuse:
+            raise ValueError("prefill: no cached prefixes without the native attention (prefix_reuse is off)")
         device = self.embed.weight.device
         lengths = [len(p) for p in prompts]
         cached = [0 if past is None else past[0] for past in pasts]
         if any(not 0 <= n < m for n, m in zip(cached, lengths)):
             raise ValueError("prefill: a cached prefix must leave at least one token of its prompt to compute")
-        col0 = [sum(lengths[:j]) for j in range(len(prompts))]
-        total = sum(lengths)
         ids = torch.tensor([[t for p, n in zip(prompts, cached) for t in p[n:]]], dtype=torch.long, device=device)
-        n_rows = ids.shape[1]
-        positions = torch.cat([torch.arange(n, m, device=device) for n, m in zip(cached, lengths)])
-        # each new row's own key column in the packed K/V, and the columns it attends to: its prompt's first one
-        # up to its own
-        dest = torch.cat([torch.arange(c + n, c + m, device=device) for c, n, m in zip(col0, cached, lengths)])
-        starts = torch.cat([torch.full((m - n,), c, dtype=torch.long) for c, n, m in zip(col0, cached, lengths)])
-        ends = dest.cpu() + 1
-        last = torch.tensor(lengths) - torch.tensor(cached)
-        last = (last.cumsum(0) - 1).to(device)
+        positions = torch.cat([torch.arange(n, m, device=device) for n, m in zip(cached, lengths)]).unsqueeze(0)
+        last = ((torch.tensor(lengths) - torch.tensor(cached)).cumsum(0) - 1).to(device)   # each prompt's last row
         caches = [DynamicCache(config=self.model.config) for _ in prompts]
+        attend = self._packed_attention(lengths, cached, pasts, caches) if self.prefix_reuse \
+            else self._per_prompt_sdpa(lengths, caches)
         h = self.embed(ids)
-        cos, sin = self.rotary(h, positions.unsqueeze(0))
+        n_rows = ids.shape[1]
+        cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
         nqk = nh + nkv
@@ -196,6 +186,29 @@ class LeanLlamaDecoder:
             qkv = self.prefill_linear(self._rms(h, ln1), qkv_w)
             qk = self._rotate(qkv[..., :nqk * hd].view(1, n_rows, nqk, hd).transpose(1, 2), cos, sin)
             v = qkv[..., nqk * hd:].view(1, n_rows, nkv, hd).transpose(1, 2)
+            h = h + self.prefill_linear(attend(i, qk, v), o_w)
+            gate, up = self.prefill_linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
+            h = h + self.prefill_linear(F.silu(gate) * up, down_w)
+        logits = self.head_linear(self._rms(h[:, last], self.norm), self.lm_head)[0]
+        return [(logits[j:j + 1], cache) for j, cache in enumerate(caches)]
+
+    def _packed_attention(self, lengths: list[int], cached: list[int], pasts: list[tuple[int, Any] | None],
+                          caches: list[Any]) -> Any:
+        """`attend(layer, qk, v) -> (1, rows, heads * head dim)` for `prefill`: every new position's attention by
+        the native kernel, exactly as a decode step at that position computes it (kernels.bf16_attend_ranges), over
+        one packed K/V per layer in which each prompt has its columns: its cached prefix copied in, its new
+        positions' keys and values written as they are computed; each prompt's cache filled from its columns."""
+        device = self.embed.weight.device
+        col0 = [sum(lengths[:j]) for j in range(len(lengths))]
+        total = sum(lengths)
+        # each new row's own key column in the packed K/V, and the columns it attends to: its prompt's first one
+        # up to its own
+        dest = torch.cat([torch.arange(c + n, c + m, device=device) for c, n, m in zip(col0, cached, lengths)])
+        starts = torch.cat([torch.full((m - n,), c, dtype=torch.long) for c, n, m in zip(col0, cached, lengths)])
+        ends = dest.cpu() + 1
+        hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
+
+        def attend(i: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             kbuf, vbuf = qk.new_empty((nkv, total, hd)), v.new_empty((nkv, total, hd))
             for c, past in zip(col0, pasts):
                 if past is not None:
@@ -205,47 +218,30 @@ class LeanLlamaDecoder:
             kbuf.index_copy_(1, dest, qk[0, nh:])
             vbuf.index_copy_(1, dest, v[0])
             o = self.attend_ranges(qk[0, :nh].transpose(0, 1).contiguous(), kbuf, vbuf, starts, ends, hd ** -0.5)
-            h = h + self.prefill_linear(o.view(1, n_rows, nh * hd), o_w)
-            gate, up = self.prefill_linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
-            h = h + self.prefill_linear(F.silu(gate) * up, down_w)
             for c, m, cache in zip(col0, lengths, caches):
                 cache.update(kbuf[None, :, c:c + m], vbuf[None, :, c:c + m], i)     # update copies them
-        logits = self.head_linear(self._rms(h[:, last], self.norm), self.lm_head)[0]
-        return [(logits[j:j + 1], cache) for j, cache in enumerate(caches)]
+            return o.view(1, -1, nh * hd)
 
-    def _prefill_sdpa(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, Any]]:
-        """Without the native kernels: torch's attention, one call per prompt and layer (whole prompts only: torch
-        gives a position an output whose last bits depend on the sequence's length, engine/prompt_cache.py)."""
-        from transformers import DynamicCache
+        return attend
 
-        device = self.embed.weight.device
-        lengths = [len(p) for p in prompts]
-        ends = torch.tensor(lengths, device=device).cumsum(0)
-        ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=device)
-        n = ids.shape[1]
-        caches = [DynamicCache(config=self.model.config) for _ in prompts]
-        h = self.embed(ids)
-        positions = torch.cat([torch.arange(m, device=device) for m in lengths]).unsqueeze(0)
-        cos, sin = self.rotary(h, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    def _per_prompt_sdpa(self, lengths: list[int], caches: list[Any]) -> Any:
+        """`attend` for `prefill` without the native kernels: torch's attention, one call per prompt and layer
+        (whole prompts only: torch gives a position an output whose last bits depend on the sequence's length,
+        engine/prompt_cache.py)."""
+        ends = torch.tensor(lengths).cumsum(0).tolist()
+        bounds = list(zip([0, *ends[:-1]], ends))
         hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
-        nqk = nh + nkv
-        bounds = list(zip([0, *ends.tolist()[:-1]], ends.tolist()))
-        for i, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
-            qkv = self.prefill_linear(self._rms(h, ln1), qkv_w)
-            qk = self._rotate(qkv[..., :nqk * hd].view(1, n, nqk, hd).transpose(1, 2), cos, sin)
-            v = qkv[..., nqk * hd:].view(1, n, nkv, hd).transpose(1, 2)
+
+        def attend(i: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             outs = []
             for (a, b), cache in zip(bounds, caches):
                 keys, values = cache.update(qk[:, nh:, a:b], v[:, :, a:b], i)   # update copies them
                 outs.append(F.scaled_dot_product_attention(qk[:, :nh, a:b].contiguous(), keys, values,
                                                            is_causal=b - a > 1, enable_gqa=nkv != nh))
             o = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-            h = h + self.prefill_linear(o.transpose(1, 2).reshape(1, n, nh * hd), o_w)
-            gate, up = self.prefill_linear(self._rms(h, ln2), gu_w).chunk(2, dim=-1)
-            h = h + self.prefill_linear(F.silu(gate) * up, down_w)
-        logits = self.head_linear(self._rms(h[:, ends - 1], self.norm), self.lm_head)[0]
-        return [(logits[j:j + 1], cache) for j, cache in enumerate(caches)]
+            return o.transpose(1, 2).reshape(1, -1, nh * hd)
+
+        return attend
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, starts: list[int], cache: Any) -> torch.Tensor:
         """tokens, positions: (B, 1); starts: per row, the first cache column that is not left padding;

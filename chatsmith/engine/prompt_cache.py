@@ -105,11 +105,10 @@ class PromptCache:
                 best, best_key = lo, key
         if best_key is None:
             return None
-        if not use:
-            return best, self._entries[best_key][1]
-        self._entries.move_to_end(best_key)
-        self.prefix_hits += 1
-        self.prefix_tokens += best
+        if use:
+            self._entries.move_to_end(best_key)
+            self.prefix_hits += 1
+            self.prefix_tokens += best
         return best, self._entries[best_key][1]
 
     def put(self, prompt_ids: Sequence[int], logits: torch.Tensor, cache: Any) -> None:

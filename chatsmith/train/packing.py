@@ -140,7 +140,6 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     width = query.shape[2]
-    rows = []
     # autocast would cast the inputs of each matmul again; they already are in the dtype training computes in.
     with torch.autocast(query.device.type, enabled=False):
         if query.device.type == "cpu" and not dropout:
@@ -149,6 +148,7 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
                                              scale), None
         # Splitting rather than slicing per sample makes the backward one concatenation, not a zero-filled
         # full-size gradient per slice.
+        rows = []
         for lengths, q, k, v in zip(_sample_lengths(position_ids, query.shape[0], width), query.unbind(0),
                                     key.to(query.dtype).unbind(0), value.to(query.dtype).unbind(0)):
             rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
