@@ -33,10 +33,11 @@ class FusedOutputLinear(Linear):
             return super().forward(x, *args, **kwargs)
         result = self.base_layer(x)
         a, b = self.lora_A[name], self.lora_B[name]
-        if not (torch.is_autocast_enabled(x.device.type) and x.dtype == torch.get_autocast_dtype(x.device.type)):
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if not (autocast and x.dtype == torch.get_autocast_dtype(x.device.type)):
             x = self._cast_input_dtype(x, a.weight.dtype)
         h = a(self.lora_dropout[name](x))
-        if not torch.is_autocast_enabled(x.device.type) and not result.dtype == h.dtype == b.weight.dtype:
+        if not autocast and not result.dtype == h.dtype == b.weight.dtype:
             return (result + b(h) * self.scaling[name]).to(result.dtype)        # peft's arithmetic
         out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.weight.t(),
                           alpha=self.scaling[name])
